@@ -1,0 +1,26 @@
+"""adam_jax: Adam and AdaMax (Kingma & Ba, 2015) as pure-functional Optax transformations."""
+
+from adam_jax.aliases import adam, adamax
+from adam_jax.schedules import inverse_sqrt_schedule
+from adam_jax.transforms import (
+    BiasCorrectionState,
+    ScaleByAdamaxState,
+    ScaleByAdamState,
+    bias_correction,
+    scale_by_adam,
+    scale_by_adamax,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BiasCorrectionState",
+    "ScaleByAdamState",
+    "ScaleByAdamaxState",
+    "adam",
+    "adamax",
+    "bias_correction",
+    "inverse_sqrt_schedule",
+    "scale_by_adam",
+    "scale_by_adamax",
+]

@@ -1,0 +1,164 @@
+"""Tree math shared by every transformation: moments, the infinity norm, debiasing, dtypes.
+
+Each function maps over a pytree of arrays. ``None`` leaves are empty subtrees for ``jax.tree.map``,
+so they pass through untouched. Arithmetic is done in at least float32 ("compute dtype") so that
+float16/bfloat16 gradients cannot underflow ``eps`` or overflow ``g**2``; results are cast back to
+the storage dtype only when a moment is written into the optimizer state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike, DTypeLike
+
+from adam_jax import _validate
+
+PyTree = Any
+
+
+def compute_dtype(*dtypes: DTypeLike) -> jnp.dtype:
+    """The dtype arithmetic is done in: the promotion of ``dtypes`` and float32."""
+    out = jnp.dtype(jnp.float32)
+    for dtype in dtypes:
+        out = jnp.promote_types(out, dtype)
+    return out
+
+
+def moment_dtype(param_dtype: DTypeLike, override: DTypeLike | None, *, real: bool) -> jnp.dtype:
+    """Storage dtype of a moment for a parameter of ``param_dtype``.
+
+    ``override`` (``mu_dtype``/``nu_dtype``) wins when given; otherwise the parameter's dtype
+    promoted to at least float32. ``real=True`` is for second moments, which hold |g|^2 or |g| and
+    so are real even for complex parameters.
+    """
+    dtype = jnp.dtype(override) if override is not None else compute_dtype(param_dtype)
+    if real and jnp.issubdtype(dtype, jnp.complexfloating):
+        dtype = jnp.finfo(dtype).dtype
+    return dtype
+
+
+def check_float_params(params: PyTree, where: str) -> None:
+    """Raise ``TypeError`` naming the first integer/boolean leaf: Adam is for real or complex floats."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"{where}: parameter leaf {jax.tree_util.keystr(path)} has dtype {dtype}; "
+                "Adam only updates floating-point or complex leaves. Freeze it with "
+                "optax.masked(tx, mask) or send it to optax.set_to_zero() via optax.partition."
+            )
+
+
+def zeros_like(tree: PyTree, dtype_of: Callable[[jnp.dtype], jnp.dtype]) -> PyTree:
+    """Zeros shaped like each leaf of ``tree``, in ``dtype_of(leaf.dtype)``."""
+    return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=dtype_of(jnp.result_type(x))), tree)
+
+
+def cast_like(tree: PyTree, like: PyTree) -> PyTree:
+    """Cast each leaf of ``tree`` to the dtype of the matching leaf of ``like`` (state storage)."""
+    return jax.tree.map(lambda x, ref: x.astype(ref.dtype), tree, like)
+
+
+def cast_to_updates(tree: PyTree, updates: PyTree) -> PyTree:
+    """Cast each leaf of ``tree`` to the dtype of the incoming gradient leaf (outgoing updates)."""
+    return jax.tree.map(lambda x, g: x.astype(jnp.result_type(g)), tree, updates)
+
+
+def _abs_pow(g: jax.Array, order: int) -> jax.Array:
+    """|g|^order, real-valued also for complex ``g`` (|g|^2 = Re(conj(g) g))."""
+    if order == 2 and jnp.iscomplexobj(g):
+        return (jnp.conj(g) * g).real
+    if order == 2:
+        return g * g
+    return jnp.abs(g) ** order
+
+
+def update_moment(updates: PyTree, moments: PyTree, decay: ArrayLike, order: int) -> PyTree:
+    """m <- decay*m + (1-decay)*g (order 1) or v <- decay*v + (1-decay)*|g|^2 (order 2)."""
+
+    def one(g: jax.Array, m: jax.Array) -> jax.Array:
+        dtype = compute_dtype(jnp.result_type(g), m.dtype)
+        g = g.astype(dtype)
+        x = g if order == 1 else _abs_pow(g, order)
+        d = _as_real(decay, x.dtype)
+        return d * m.astype(x.dtype) + (1 - d) * x
+
+    return jax.tree.map(one, updates, moments)
+
+
+def update_infinity_norm(updates: PyTree, norms: PyTree, decay: ArrayLike) -> PyTree:
+    """u <- max(decay*u, |g|), the exponentially weighted infinity norm of AdaMax."""
+
+    def one(g: jax.Array, u: jax.Array) -> jax.Array:
+        dtype = compute_dtype(jnp.result_type(g), u.dtype)
+        mag = jnp.abs(g.astype(dtype))
+        return jnp.maximum(_as_real(decay, mag.dtype) * u.astype(mag.dtype), mag)
+
+    return jax.tree.map(one, updates, norms)
+
+
+def tree_maximum(a: PyTree, b: PyTree) -> PyTree:
+    """Elementwise running maximum (AMSGrad), in the dtype of ``b`` (the fresh value)."""
+    return jax.tree.map(lambda x, y: jnp.maximum(x.astype(y.dtype), y), a, b)
+
+
+def decay_at(decay: ArrayLike, decay_rate: ArrayLike, count: jax.Array) -> jax.Array:
+    """The decay in force at step ``count`` (t >= 1): decay * decay_rate^(t-1) (Theorem 4.1)."""
+    if _is_one(decay_rate):
+        return jnp.asarray(decay)
+    t = count.astype(_float_for_count())
+    return decay * jnp.exp((t - 1) * _log(decay_rate))
+
+
+def decay_product(decay: ArrayLike, decay_rate: ArrayLike, count: jax.Array) -> jax.Array:
+    """prod_{i<=t} decay*decay_rate^(i-1) = decay^t * decay_rate^(t(t-1)/2); decay^t when rate is 1."""
+    if _is_one(decay_rate):
+        return decay**count
+    t = count.astype(_float_for_count())
+    return decay**t * jnp.exp(t * (t - 1) / 2 * _log(decay_rate))
+
+
+def debiasing(decay: ArrayLike, count: jax.Array, decay_rate: ArrayLike = 1.0) -> jax.Array:
+    """The zero-bias correction 1 - prod_{i<=t} beta_i (Section 3; 1 - beta^t for a constant beta)."""
+    return 1 - decay_product(decay, decay_rate, count)
+
+
+def debias(moments: PyTree, correction: ArrayLike) -> PyTree:
+    """Divide each leaf by the bias correction (m_hat = m / (1 - beta^t))."""
+    return jax.tree.map(lambda m: m / _as_real(correction, m.dtype), moments)
+
+
+def safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
+    """num/den where den != 0, else 0 (used where 0/0 means "no gradient yet", as in AdaMax)."""
+    zero = den == 0
+    return jnp.where(zero, jnp.zeros_like(num), num / jnp.where(zero, jnp.ones_like(den), den))
+
+
+def _as_real(value: ArrayLike, dtype: DTypeLike) -> jax.Array:
+    """A hyperparameter as a scalar of the real dtype matching ``dtype``."""
+    return jnp.asarray(value).astype(jnp.finfo(dtype).dtype)
+
+
+def _log(value: ArrayLike) -> ArrayLike:
+    """log(value), taken in float64 for Python numbers: lambda^n = exp(n log lambda) then stays
+    accurate in float32, where rounding lambda itself to float32 would compound over the steps."""
+    return math.log(float(value)) if _validate.is_concrete_number(value) else jnp.log(value)
+
+
+def _is_one(value: ArrayLike) -> bool:
+    return _validate.is_concrete_number(value) and float(value) == 1.0
+
+
+def _float_for_count() -> jnp.dtype:
+    return jnp.dtype(jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+
+
+def increment(count: jax.Array) -> jax.Array:
+    """t <- t + 1 for the int32 step count, saturating at the int32 maximum instead of wrapping."""
+    return optax.safe_increment(count)

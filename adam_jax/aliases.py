@@ -1,0 +1,50 @@
+"""Optimizers users call: a rescaler from ``transforms`` chained with the learning rate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+from jax.typing import ArrayLike
+
+from adam_jax import _validate, transforms
+
+
+def _with_learning_rate(
+    rescaler: optax.GradientTransformation, learning_rate: optax.ScalarOrSchedule
+) -> optax.GradientTransformation:
+    """theta_t = theta_{t-1} - alpha_t * rescaled gradient (``learning_rate`` may be a schedule)."""
+    _validate.check_learning_rate(learning_rate)
+    return optax.chain(rescaler, optax.scale_by_learning_rate(learning_rate))
+
+
+def adam(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    **kwargs: Any,
+) -> optax.GradientTransformation:
+    """Adam (Algorithm 1): :func:`adam_jax.scale_by_adam` followed by ``-learning_rate``.
+
+    ``kwargs`` are the keyword options of :func:`adam_jax.scale_by_adam` (``eps_root``, ``eps_hat``,
+    ``bias_correction``, ``b1_decay``, ``amsgrad``, ``nesterov``, ``mu_dtype``, ``nu_dtype``).
+    ``learning_rate`` is a number >= 0 or an optax schedule, e.g.
+    :func:`adam_jax.inverse_sqrt_schedule` for the alpha/sqrt(t) of Section 4.
+    """
+    return _with_learning_rate(transforms.scale_by_adam(b1, b2, eps, **kwargs), learning_rate)
+
+
+def adamax(
+    learning_rate: optax.ScalarOrSchedule = 2e-3,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 0.0,
+    **kwargs: Any,
+) -> optax.GradientTransformation:
+    """AdaMax (Algorithm 2): :func:`adam_jax.scale_by_adamax` followed by ``-learning_rate``.
+
+    ``kwargs`` are the keyword options of :func:`adam_jax.scale_by_adamax` (``bias_correction``,
+    ``b1_decay``, ``mu_dtype``, ``nu_dtype``).
+    """
+    return _with_learning_rate(transforms.scale_by_adamax(b1, b2, eps, **kwargs), learning_rate)
