@@ -84,9 +84,7 @@ def test_adamax_all_zero_gradients_give_zero_update_not_nan():
 def test_complex_parameters_match_reference(options):
     with jax.enable_x64(True):
         rng = np.random.default_rng(3)
-        grads = [
-            {"z": rng.normal(size=(4,)) + 1j * rng.normal(size=(4,))} for _ in range(STEPS)
-        ]
+        grads = [{"z": rng.normal(size=(4,)) + 1j * rng.normal(size=(4,))} for _ in range(STEPS)]
         ours, state = run_updates(adam_jax.scale_by_adam(**options), grads)
         assert state.nu["z"].dtype == jnp.float64  # |g|^2 is real
         assert state.mu["z"].dtype == jnp.complex128
@@ -137,9 +135,7 @@ def test_equals_optax(name, x64):
     """
     ours, theirs = OPTAX_PAIRS[name]
     with jax.enable_x64(x64):
-        grads = reference.gradient_sequence(
-            STEPS, seed=5, dtype=np.float64 if x64 else np.float32
-        )
+        grads = reference.gradient_sequence(STEPS, seed=5, dtype=np.float64 if x64 else np.float32)
         for g in grads:  # optax.adamax divides 0 by 0 where u_t = 0; keep every u_t > 0
             g["sparse"] = g["sparse"] + 0.5
         a, _ = run_updates(ours(), grads)
