@@ -1,0 +1,215 @@
+"""``adam-jax bench``: an Adam step against the memory-bandwidth floor, optax and torch.
+
+Every contender is measured in the same process, interleaved round by round, and reported as the
+median over rounds (warm-up and compilation excluded), so the ratios are comparable even on a
+shared, noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import adam_jax
+
+CASES = {
+    "one-array": lambda n: [(n,)],
+    "many-leaves": lambda n: [(64, 64)] * max(1, n // 4096),
+    "transformer": lambda n: _transformer_shapes(n),
+}
+
+
+def _transformer_shapes(n: int) -> list[tuple[int, ...]]:
+    """Leaves of a small transformer: per block 4 attention matrices, 2 MLP matrices, norms, biases."""
+    d = 256
+    per_block = 12 * d * d + 9 * d
+    blocks = max(1, n // per_block)
+    shapes: list[tuple[int, ...]] = [(8192, d)]  # embedding
+    for _ in range(blocks):
+        shapes += [(d, d)] * 4 + [(d,)] * 4 + [(d, 4 * d), (4 * d,), (4 * d, d), (d,), (d,), (d,)]
+    return shapes
+
+
+@dataclass
+class Row:
+    case: str
+    name: str
+    ms_per_step: float
+    gb_per_s: float
+    vs_floor: float
+    vs_optax: float
+    compile_s: float
+    state_bytes_per_param: float
+
+
+def _params(shapes, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return {f"p{i:04d}": jnp.asarray(rng.normal(size=s), dtype) for i, s in enumerate(shapes)}
+
+
+def _state_bytes(state) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
+
+
+def _jax_contender(tx: optax.GradientTransformation, params, grads):
+    """A jitted train step with donated params/state; returns (step, compile seconds, state bytes)."""
+
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    state = tx.init(params)
+    start = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
+    compile_s = time.perf_counter() - start
+    box = {"p": jax.tree.map(jnp.copy, params), "s": state}
+
+    def run():
+        box["p"], box["s"] = compiled(box["p"], box["s"], grads)
+        jax.block_until_ready(box["p"])
+
+    return run, compile_s, _state_bytes(state)
+
+
+def _floor_contender(params, grads):
+    """The same bytes as an Adam step (read p, g, m, v; write p, m, v) over flat arrays, trivial math."""
+    n = sum(x.size for x in jax.tree.leaves(params))
+    dtype = jax.tree.leaves(params)[0].dtype
+    flat = [jnp.ones(n, dtype) * i for i in range(4)]
+
+    def step(p, m, v, g):
+        return p - g * 1e-3, m + g, v + g
+
+    start = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*flat).compile()
+    compile_s = time.perf_counter() - start
+    box = {"x": flat[:3]}
+
+    def run():
+        box["x"] = list(compiled(*box["x"], flat[3]))
+        jax.block_until_ready(box["x"])
+
+    return run, compile_s, 0  # the floor keeps no optimizer state
+
+
+def _torch_contender(params, grads):
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    ps = [
+        torch.tensor(np.asarray(x, np.float32), requires_grad=False)
+        for x in jax.tree.leaves(params)
+    ]
+    gs = [torch.tensor(np.asarray(x, np.float32)) for x in jax.tree.leaves(grads)]
+    for p, g in zip(ps, gs, strict=True):
+        p.grad = g
+    opt = torch.optim.Adam(ps, lr=1e-3, fused=True)
+    start = time.perf_counter()
+    opt.step()
+    compile_s = time.perf_counter() - start
+
+    def run():
+        opt.step()
+
+    state_bytes = sum(
+        t.numel() * t.element_size()
+        for st in opt.state.values()
+        for t in st.values()
+        if torch.is_tensor(t) and t.numel() > 1
+    )
+    return run, compile_s, state_bytes
+
+
+def bench_case(case: str, n_params: int, dtype: str, rounds: int, inner: int) -> list[Row]:
+    shapes = CASES[case](n_params)
+    params = _params(shapes, dtype)
+    grads = _params(shapes, dtype, seed=1)
+    n = sum(x.size for x in jax.tree.leaves(params))
+    itemsize = jnp.dtype(dtype).itemsize
+    moved = n * itemsize * 7  # read p, g, m, v; write p, m, v
+
+    contenders: dict[str, tuple[Callable[[], None], float, int]] = {
+        "floor": _floor_contender(params, grads),
+        "optax.adam": _jax_contender(optax.adam(1e-3), params, grads),
+        "adam_jax.adam": _jax_contender(adam_jax.adam(1e-3), params, grads),
+    }
+    torch_c = _torch_contender(params, grads) if dtype == "float32" else None
+    if torch_c is not None:
+        contenders["torch fused Adam"] = torch_c
+
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for run, _, _ in contenders.values():  # warm-up
+        run()
+    for _ in range(rounds):
+        for name, (run, _, _) in contenders.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                run()
+            times[name].append((time.perf_counter() - start) / inner)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = []
+    for name, (_, compile_s, state_bytes) in contenders.items():
+        rows.append(
+            Row(
+                case=f"{case} ({len(shapes)} leaves, {n / 1e6:.1f}M)",
+                name=name,
+                ms_per_step=med[name] * 1e3,
+                gb_per_s=moved / med[name] / 1e9,
+                vs_floor=med[name] / med["floor"],
+                vs_optax=med[name] / med["optax.adam"],
+                compile_s=compile_s,
+                state_bytes_per_param=state_bytes / n,
+            )
+        )
+    return rows
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    head = "| case | contender | ms/step | GB/s | x floor | x optax | compile s | state B/param |"
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        lines.append(
+            f"| {r.case} | {r.name} | {r.ms_per_step:.2f} | {r.gb_per_s:.1f} | {r.vs_floor:.2f} | "
+            f"{r.vs_optax:.2f} | {r.compile_s:.2f} | {r.state_bytes_per_param:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=int, default=16 * 2**20, help="parameters per case")
+    parser.add_argument("--leaves", type=int, default=None, help="leaves for the many-leaves case")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (median)")
+    parser.add_argument("--inner", type=int, default=5, help="steps per round")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+
+
+def main(args: argparse.Namespace) -> int:
+    print(
+        f"adam-jax bench on {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}"
+    )
+    rows: list[Row] = []
+    for case in args.cases:
+        n = args.params
+        if case == "many-leaves" and args.leaves is not None:
+            n = args.leaves * 4096
+        elif case == "many-leaves":
+            n = 1000 * 4096
+        rows += bench_case(case, n, args.dtype, args.rounds, args.inner)
+        print(format_table([r for r in rows if r.case.startswith(case)]), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asdict(r) for r in rows], f, indent=2)
+    return 0
