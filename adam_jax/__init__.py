@@ -2,6 +2,7 @@
 
 from adam_jax.aliases import adam, adamax
 from adam_jax.schedules import inverse_sqrt_schedule
+from adam_jax.sharding import state_sharding
 from adam_jax.transforms import (
     BiasCorrectionState,
     ScaleByAdamaxState,
@@ -23,4 +24,5 @@ __all__ = [
     "inverse_sqrt_schedule",
     "scale_by_adam",
     "scale_by_adamax",
+    "state_sharding",
 ]
