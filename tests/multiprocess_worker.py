@@ -3,12 +3,14 @@
 ``python tests/multiprocess_worker.py PORT PROCESS_ID NUM_PROCESSES OUT.npz``: joins the
 ``jax.distributed`` cluster on 127.0.0.1:PORT with CPU gloo collectives, trains a small MLP on a
 mesh over every process's devices (batch split over ``data``, the first layer's weight too), checks
-that the optimizer state is sharded like the parameters, and process 0 writes the final parameters.
+that the optimizer state is sharded like the parameters, saves and restores a checkpoint written
+by both processes, and process 0 writes the final parameters.
 The problem (``problem``, ``make_tx``, ``make_step``) is shared with the single-process reference.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -82,7 +84,7 @@ def main(port: int, process_id: int, num_processes: int, out: str) -> None:
     params = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in host_params.items()}
     tx = make_tx()
     state = jax.jit(tx.init)(params)
-    step = jax.jit(make_step(tx), donate_argnums=(0, 1))
+    step = jax.jit(make_step(tx))
     for x, y in zip(xs, ys, strict=True):
         x = jax.make_array_from_process_local_data(batch, x[local])
         y = jax.make_array_from_process_local_data(batch, y[local])
@@ -98,6 +100,20 @@ def main(port: int, process_id: int, num_processes: int, out: str) -> None:
         D_IN,
         HIDDEN // jax.device_count(),
     )
+
+    # Every process writes its shards of one checkpoint and reads them back onto the mesh.
+    ckpt = os.path.join(os.path.dirname(out), "ckpt")
+    adam_jax.save_checkpoint(ckpt, params, state, config={"lr": 1e-2})
+    target = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), params
+    )
+    r_params, r_state = adam_jax.restore_checkpoint(ckpt, tx, target, config={"lr": 1e-2})
+    for a, b in zip(
+        jax.tree.leaves((params, state)), jax.tree.leaves((r_params, r_state)), strict=True
+    ):
+        assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
+        for sa, sb in zip(a.addressable_shards, b.addressable_shards, strict=True):
+            assert sa.index == sb.index and np.array_equal(np.asarray(sa.data), np.asarray(sb.data))
 
     final = multihost_utils.process_allgather(params, tiled=True)
     if process_id == 0:

@@ -76,6 +76,7 @@ def test_two_processes_match_single_process(tmp_path):
         )
         raise AssertionError(f"workers exited {codes} (None: killed after {TIMEOUT_S}s)\n{logs}")
     got = dict(np.load(out))
+    assert (tmp_path / "ckpt" / "opt_state").is_dir()  # written by both processes, read back
 
     # The same global batches in this process, on one device, unsharded.
     params, xs, ys = worker.problem()
