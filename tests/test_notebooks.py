@@ -17,7 +17,9 @@ def execute(name, tmp_path, monkeypatch, **env):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
     return nb
 
@@ -46,7 +48,13 @@ def test_notebook_01_runs(tmp_path, monkeypatch):
 
 def test_notebook_02_runs_tiny(tmp_path, monkeypatch):
     out = tmp_path / "results"
-    execute("02_reproducing_section_6.ipynb", tmp_path, monkeypatch, ADAM_JAX_NOTEBOOK_MODE="tiny", ADAM_JAX_NOTEBOOK_OUT=str(out))
+    execute(
+        "02_reproducing_section_6.ipynb",
+        tmp_path,
+        monkeypatch,
+        ADAM_JAX_NOTEBOOK_MODE="tiny",
+        ADAM_JAX_NOTEBOOK_OUT=str(out),
+    )
     for f in ("fig1.png", "fig2.png", "fig3.png", "fig4.png", "results.csv", "summary.md"):
         assert (out / f).is_file(), f
     assert "claims reproduced in this run" in (out / "summary.md").read_text()

@@ -11,7 +11,9 @@ from adam_jax.paper.runner import zca_whiten
 
 
 def write_idx(path, array, gz=False):
-    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
     payload = header + array.astype(np.uint8).tobytes()
     path.write_bytes(gzip.compress(payload) if gz else payload)
 
@@ -33,7 +35,9 @@ def test_mnist_idx_round_trip(tmp_path, gz):
 
 def test_mnist_missing_file_names_it(tmp_path):
     write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((2, 2, 2)))
-    with pytest.raises(data.DataError, match=r"train-labels-idx1-ubyte.*expected the MNIST training labels \(IDX\)"):
+    with pytest.raises(
+        data.DataError, match=r"train-labels-idx1-ubyte.*expected the MNIST training labels \(IDX\)"
+    ):
         data.load_mnist(tmp_path)
 
 
@@ -44,7 +48,9 @@ def test_idx_bad_magic_and_truncation(tmp_path):
         data.read_idx(bad)
     write_idx(bad, np.zeros((3, 2, 2)))
     bad.write_bytes(bad.read_bytes()[:-1])
-    with pytest.raises(data.DataError, match=r"announces \(3, 2, 2\) = 12 bytes of data but the file has 11"):
+    with pytest.raises(
+        data.DataError, match=r"announces \(3, 2, 2\) = 12 bytes of data but the file has 11"
+    ):
         data.read_idx(bad)
     mismatched = tmp_path / "m"
     mismatched.mkdir()
@@ -75,10 +81,14 @@ def test_cifar_binary_batches(tmp_path):
 
 
 def test_cifar_errors(tmp_path):
-    with pytest.raises(data.DataError, match=r"data_batch_1.bin: expected the CIFAR-10 binary version"):
+    with pytest.raises(
+        data.DataError, match=r"data_batch_1.bin: expected the CIFAR-10 binary version"
+    ):
         data.load_cifar10(tmp_path)
     (tmp_path / "data_batch_1.bin").write_bytes(b"\0" * 100)
-    with pytest.raises(data.DataError, match=r"data_batch_1.bin: 100 bytes is not a multiple of 3073"):
+    with pytest.raises(
+        data.DataError, match=r"data_batch_1.bin: 100 bytes is not a multiple of 3073"
+    ):
         data.load_cifar10(tmp_path)
     (tmp_path / "data_batch_1.bin").write_bytes(bytes([11]) + b"\0" * 3072)
     with pytest.raises(data.DataError, match="label byte 11 > 9"):
@@ -95,12 +105,16 @@ def test_imdb_svmlight(tmp_path):
     assert ds.x[0, 0] == 3 and ds.x[0, 5] == 1 and ds.x[0].sum() == 4  # index 12000 dropped
     assert ds.x[1, 9999] == 255  # counts clipped to uint8
     (d / "labeledBow.feat").write_text("9 0:3\n8 zero:1\n")
-    with pytest.raises(data.DataError, match=r"labeledBow.feat, line 2: '8 zero:1' is not svmlight"):
+    with pytest.raises(
+        data.DataError, match=r"labeledBow.feat, line 2: '8 zero:1' is not svmlight"
+    ):
         data.load_imdb(tmp_path)
 
 
 def test_imdb_missing_and_bad_data_dir(tmp_path):
-    with pytest.raises(data.DataError, match=r"aclImdb/train/labeledBow.feat: expected the IMDB bag-of-words"):
+    with pytest.raises(
+        data.DataError, match=r"aclImdb/train/labeledBow.feat: expected the IMDB bag-of-words"
+    ):
         data.load("imdb", tmp_path)
     with pytest.raises(data.DataError, match="is not a directory"):
         data.load("mnist", tmp_path / "nope")

@@ -14,6 +14,7 @@ def finite_difference_check(model, x, y, train, seed=0):
     with jax.enable_x64(True):
         key = jax.random.PRNGKey(seed)
         rng = np.random.default_rng(seed)
+        h = 1e-5
         # nonzero biases: keep ReLU inputs off the kink at exactly 0 (a unit whose inputs are all
         # dropped would otherwise sit there, where finite differences are one-sided)
         params = jax.tree.map(
@@ -28,11 +29,13 @@ def finite_difference_check(model, x, y, train, seed=0):
         grads = jax.grad(f)(params)
         for _ in range(3):
             direction = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), params)
-            h = 1e-5
             plus = f(jax.tree.map(lambda p, d: p + h * d, params, direction))
             minus = f(jax.tree.map(lambda p, d: p - h * d, params, direction))
             numeric = (plus - minus) / (2 * h)
-            analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction), strict=True))
+            analytic = sum(
+                jnp.vdot(g, d)
+                for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction), strict=True)
+            )
             np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-6, atol=1e-8)
 
 
@@ -68,7 +71,13 @@ def test_logistic_regression_loss_by_hand():
     model = models.logistic_regression(12, 3, weight_decay=0.5)
     w = RNG.normal(size=(12, 3))
     b = np.array([0.1, -0.2, 0.3])
-    loss = model.loss({"w": jnp.asarray(w), "b": jnp.asarray(b)}, jnp.asarray(X_FLAT), Y, jax.random.PRNGKey(0), False)
+    loss = model.loss(
+        {"w": jnp.asarray(w), "b": jnp.asarray(b)},
+        jnp.asarray(X_FLAT),
+        Y,
+        jax.random.PRNGKey(0),
+        False,
+    )
     z = X_FLAT @ w + b
     ce = np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(6), Y])
     np.testing.assert_allclose(float(loss), ce + 0.25 * np.sum(w**2), rtol=1e-5)
@@ -107,4 +116,6 @@ def test_dropout_scales_kept_units():
     out = models.dropout(jax.random.PRNGKey(0), jnp.ones(10_000), 0.5, True)
     assert set(np.unique(np.asarray(out)).tolist()) == {0.0, 2.0}
     assert abs(float(out.mean()) - 1.0) < 0.05
-    np.testing.assert_array_equal(models.dropout(jax.random.PRNGKey(0), jnp.ones(3), 0.5, False), 1.0)
+    np.testing.assert_array_equal(
+        models.dropout(jax.random.PRNGKey(0), jnp.ones(3), 0.5, False), 1.0
+    )

@@ -44,11 +44,23 @@ def test_train_runs_matches_numpy_full_batch(vectorize):
     y = rng.integers(0, 3, size=128).astype(np.int32)
     w0, b0 = rng.normal(size=(5, 3)) * 0.1, np.zeros(3)
     base = models.logistic_regression(5, 3, weight_decay=0.01)
-    model = models.Model("logreg", lambda key: {"w": jnp.asarray(w0, jnp.float32), "b": jnp.asarray(b0, jnp.float32)}, base.loss)
+    model = models.Model(
+        "logreg",
+        lambda key: {"w": jnp.asarray(w0, jnp.float32), "b": jnp.asarray(b0, jnp.float32)},
+        base.loss,
+    )
     lrs = np.array([0.1, 0.7])
     ticks = []
     losses = train.train_runs(
-        model, x, y, lambda h: optax.sgd(h["lr"]), {"lr": lrs}, 4, seed=0, on_epoch=lambda: ticks.append(1), vectorize=vectorize
+        model,
+        x,
+        y,
+        lambda h: optax.sgd(h["lr"]),
+        {"lr": lrs},
+        4,
+        seed=0,
+        on_epoch=lambda: ticks.append(1),
+        vectorize=vectorize,
     )
     assert losses.shape == (2, 5)
     assert len(ticks) == (4 if vectorize else 8)
@@ -60,7 +72,9 @@ def test_train_runs_matches_numpy_full_batch(vectorize):
 def test_train_runs_rejects_tiny_datasets():
     model = models.logistic_regression(2, 2)
     with pytest.raises(ValueError, match="at least 128 training examples, got 10"):
-        train.train_runs(model, np.zeros((10, 2)), np.zeros(10, np.int32), optax.sgd, {"lr": np.ones(1)}, 1, 0)
+        train.train_runs(
+            model, np.zeros((10, 2)), np.zeros(10, np.int32), optax.sgd, {"lr": np.ones(1)}, 1, 0
+        )
 
 
 def test_unknown_optimizer():
@@ -95,16 +109,39 @@ def rows_for(panel, finals, early=None):
 
 def test_claims_follow_the_numbers():
     good = rows_for("fig1_mnist", {"adam": 1.0, "sgd_nesterov": 0.95, "adagrad": 1.5})
-    good += rows_for("fig1_imdb", {"adam": 0.2, "adagrad": 0.21, "sgd_nesterov": 0.5, "rmsprop": 0.3})
-    good += rows_for("fig2", {"adam": 0.1, "adagrad": 0.2, "rmsprop": 0.3, "sgd_nesterov": 0.2, "adadelta": 0.4})
-    good += rows_for("fig3", {"adam": 0.1, "adagrad": 0.5, "sgd_nesterov": 0.12}, early={"adam": 1.0, "adagrad": 1.1, "sgd_nesterov": 2.0})
+    good += rows_for(
+        "fig1_imdb", {"adam": 0.2, "adagrad": 0.21, "sgd_nesterov": 0.5, "rmsprop": 0.3}
+    )
+    good += rows_for(
+        "fig2", {"adam": 0.1, "adagrad": 0.2, "rmsprop": 0.3, "sgd_nesterov": 0.2, "adadelta": 0.4}
+    )
+    good += rows_for(
+        "fig3",
+        {"adam": 0.1, "adagrad": 0.5, "sgd_nesterov": 0.12},
+        early={"adam": 1.0, "adagrad": 1.1, "sgd_nesterov": 2.0},
+    )
     result = claims.check(good, early_epoch=1, few=1, many=2)
     assert [c.reproduced for c in result] == [True] * 5
     assert "Adam 1, SGD Nesterov 0.95, AdaGrad 1.5" in result[0].measured
 
-    bad = rows_for("fig1_mnist", {"adam": 1.3, "sgd_nesterov": 1.0, "adagrad": 1.5})  # Adam 30% worse
-    bad += rows_for("fig2", {"adam": 0.1, "adagrad": 0.2, "rmsprop": 0.3, "sgd_nesterov": 0.2, "adadelta": float("nan")})
-    bad += rows_for("fig3", {"adam": 0.1, "adagrad": 0.05, "sgd_nesterov": 0.12}, early={"adam": 1.0, "adagrad": 3.0, "sgd_nesterov": 2.0})
+    bad = rows_for(
+        "fig1_mnist", {"adam": 1.3, "sgd_nesterov": 1.0, "adagrad": 1.5}
+    )  # Adam 30% worse
+    bad += rows_for(
+        "fig2",
+        {
+            "adam": 0.1,
+            "adagrad": 0.2,
+            "rmsprop": 0.3,
+            "sgd_nesterov": 0.2,
+            "adadelta": float("nan"),
+        },
+    )
+    bad += rows_for(
+        "fig3",
+        {"adam": 0.1, "adagrad": 0.05, "sgd_nesterov": 0.12},
+        early={"adam": 1.0, "adagrad": 3.0, "sgd_nesterov": 2.0},
+    )
     result = claims.check(bad, early_epoch=1, few=1, many=2)
     # a diverged (nan) AdaDelta counts as infinitely bad, so Fig. 2 still holds
     assert [c.reproduced for c in result] == [False, True, False, False]
@@ -122,7 +159,14 @@ def vae_rows(loss_fn):
 
 
 def test_vae_claims():
-    paper_like = vae_rows(lambda bc, b1, b2, a: 100 + abs(a + 3) - (5 if bc else 0) * (b2 > 0.99) + (50 if not bc and b2 == 0.9999 else 0))
+    paper_like = vae_rows(
+        lambda bc, b1, b2, a: (
+            100
+            + abs(a + 3)
+            - (5 if bc else 0) * (b2 > 0.99)
+            + (50 if not bc and b2 == 0.9999 else 0)
+        )
+    )
     result = claims.check(paper_like, early_epoch=1, few=3, many=3)
     assert [c.reproduced for c in result] == [True, True, True]
     opposite = vae_rows(lambda bc, b1, b2, a: 100 + abs(a + 3) - (5 if not bc else 0))
@@ -143,16 +187,33 @@ def test_reproduce_fig1_tiny_is_deterministic(tmp_path):
     assert (a / "fig1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(a / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert set(rows[0]) >= {"figure", "dataset", "model", "optimizer", "hyperparameters", "epoch", "loss"}
+    assert set(rows[0]) >= {
+        "figure",
+        "dataset",
+        "model",
+        "optimizer",
+        "hyperparameters",
+        "epoch",
+        "loss",
+    }
     budget = runner.TINY
     for panel in ("fig1_mnist", "fig1_imdb"):
         sel = [r for r in rows if r["panel"] == panel and r["selected"] == "1"]
         opts = {r["optimizer"] for r in sel}
         assert len(sel) == len(opts) * (budget.epochs[panel] + 1)
         assert np.isfinite([float(r["loss"]) for r in sel]).all()
-    assert {r["optimizer"] for r in rows if r["panel"] == "fig1_mnist"} == {"adam", "sgd_nesterov", "adagrad", "adamax"}
+    assert {r["optimizer"] for r in rows if r["panel"] == "fig1_mnist"} == {
+        "adam",
+        "sgd_nesterov",
+        "adagrad",
+        "adamax",
+    }
     summary = (a / "summary.md").read_text()
-    assert "| Fig. 1 left |" in summary and "| Fig. 1 right |" in summary and "standing in for MNIST" in summary
+    assert (
+        "| Fig. 1 left |" in summary
+        and "| Fig. 1 right |" in summary
+        and "standing in for MNIST" in summary
+    )
     # the summary's verdicts are the ones the claims code computes from the written file
     verdicts = claims.check(runner.read_csv(a / "results.csv"), 1, 1, 2)
     for c in verdicts:
