@@ -35,7 +35,10 @@ def test_committed_notebooks_have_outputs():
     for name in ("01_adam_explained.ipynb", "02_reproducing_section_6.ipynb"):
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
-        assert all(c.outputs for c in code), f"{name} is committed without outputs"
+        assert all(c.execution_count for c in code), f"{name} is committed unexecuted"
+        assert sum(bool(c.outputs) for c in code) >= len(code) - 1, (
+            f"{name} is committed without outputs"
+        )
         assert not any(o.output_type == "error" for c in code for o in c.outputs)
 
 
