@@ -14,6 +14,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from adam_jax.paper import cli as paper_cli
+
+    return paper_cli.reproduce(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adam-jax", description="Adam (Kingma & Ba, 2015) for JAX, exactly as the paper."
@@ -23,6 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=300, help="number of Adam steps (default 300)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.set_defaults(func=_demo)
+    reproduce = sub.add_parser(
+        "reproduce", help="run the paper's Section 6 experiments (figures 1-4)"
+    )
+    try:
+        from adam_jax.paper import cli as paper_cli
+    except ImportError as err:  # the paper extra (matplotlib, tqdm, scikit-learn) is missing
+        message = f"{err}. Install the paper extra: pip install 'adam-jax[paper]'"
+        reproduce.set_defaults(func=lambda args: parser.exit(1, f"error: {message}\n"))
+        reproduce.add_argument("rest", nargs=argparse.REMAINDER)
+    else:
+        paper_cli.add_arguments(reproduce)
+        reproduce.set_defaults(func=_reproduce)
     return parser
 
 

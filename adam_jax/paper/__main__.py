@@ -1,0 +1,5 @@
+import sys
+
+from adam_jax.paper.cli import main
+
+sys.exit(main())

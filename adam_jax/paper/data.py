@@ -1,0 +1,277 @@
+"""Data for the Section 6 experiments: embedded stand-ins, and loaders for the real files.
+
+Embedded (no download): scikit-learn's bundled handwritten digits (1,797 real 8x8 images) stand in
+for MNIST and CIFAR-10, and a generated sparse corpus with a Zipf-distributed vocabulary of 10,000
+words stands in for IMDB. With ``data_dir`` the real files are read: MNIST IDX files, CIFAR-10
+binary batches and IMDB ``aclImdb/train/labeledBow.feat`` (svmlight). Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+
+VOCAB = 10_000  # Section 6.1: the 10,000 most frequent words
+
+
+class DataError(ValueError):
+    """A data file is missing or does not have the expected format."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Training inputs ``x`` (float32, or uint8 counts for bag-of-words) and integer labels ``y``.
+
+    ``source`` says what the data really is; every figure and the summary are labelled with it.
+    """
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+    source: str
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise DataError(f"{self.name}: {len(self.x)} inputs but {len(self.y)} labels")
+
+    def subset(self, n: int | None) -> Dataset:
+        """The first ``n`` examples (all of them when ``n`` is None or larger than the set)."""
+        if n is None or n >= len(self.y):
+            return self
+        return dataclasses.replace(self, x=self.x[:n], y=self.y[:n])
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedded defaults
+
+
+def digits_images() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits as (1797, 8, 8) floats in [0, 1] and labels 0..9."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return (bunch.images / 16.0).astype(np.float32), bunch.target.astype(np.int32)
+
+
+def digits_as_mnist() -> Dataset:
+    """MNIST stand-in: the digits flattened to 64 features in [0, 1]."""
+    images, labels = digits_images()
+    return Dataset(
+        "mnist",
+        images.reshape(len(images), -1),
+        labels,
+        10,
+        "sklearn digits (1,797 real 8x8 images) standing in for MNIST",
+    )
+
+
+def digits_as_cifar() -> Dataset:
+    """CIFAR-10 stand-in: the digits as 1x8x8 images (NCHW), whitened later by the runner."""
+    images, labels = digits_images()
+    return Dataset(
+        "cifar10",
+        images[:, None, :, :],
+        labels,
+        10,
+        "sklearn digits (1,797 real 8x8 images, 1 channel) standing in for CIFAR-10",
+    )
+
+
+def zipf_corpus(
+    num_docs: int = 2000, vocab: int = VOCAB, doc_len: int = 200, seed: int = 0
+) -> Dataset:
+    """A generated sentiment corpus standing in for IMDB bag-of-words.
+
+    Word ranks follow a Zipf law (p(rank r) ~ 1/r), so most of the 10,000 features are zero in
+    every document, as in IMDB. A random 5% of the words carry sentiment: in a positive document
+    they are drawn with a positive weight more often, in a negative one with a negative weight.
+    Features are word counts (uint8); label 1 is positive.
+    """
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, vocab + 1)
+    p /= p.sum()
+    polarity = np.zeros(vocab)
+    sentiment_words = rng.choice(np.arange(50, vocab), size=vocab // 20, replace=False)
+    polarity[sentiment_words] = rng.choice([-1.0, 1.0], size=len(sentiment_words))
+    y = rng.integers(0, 2, size=num_docs).astype(np.int32)
+    x = np.zeros((num_docs, vocab), np.uint8)
+    for i in range(num_docs):
+        sign = 1.0 if y[i] else -1.0
+        q = p * np.exp(1.5 * sign * polarity)
+        words = rng.choice(vocab, size=doc_len, p=q / q.sum())
+        np.add.at(x[i], words, 1)
+    return Dataset(
+        "imdb",
+        x,
+        y,
+        2,
+        f"generated Zipf bag-of-words corpus ({num_docs} documents, {vocab:,} words) "
+        "standing in for IMDB",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Real files
+
+
+def _open(path: Path) -> bytes:
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as err:
+            raise DataError(f"{path}: not a valid gzip file ({err})") from err
+    return data
+
+
+def _find(directory: Path, name: str, expected: str) -> Path:
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"missing data file {directory / name}[.gz]: expected {expected}. "
+        "Put the file there, or leave out --data-dir to use the embedded data."
+    )
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (MNIST's format: big-endian magic 0x0000 0x08 ndim, dims, uint8 data)."""
+    path = Path(path)
+    data = _open(path)
+    fmt = "IDX file with unsigned-byte data (magic 0x00000801 labels or 0x00000803 images)"
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or data[3] not in (1, 3):
+        raise DataError(f"{path}: bad magic number, expected an {fmt}")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated header, expected an {fmt}")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    size = int(np.prod(dims))
+    if len(data) - header != size:
+        raise DataError(
+            f"{path}: header announces {dims} = {size} bytes of data but the file has "
+            f"{len(data) - header}; expected an {fmt}"
+        )
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+def load_mnist(data_dir: str | Path) -> Dataset:
+    """MNIST training set from ``train-images-idx3-ubyte[.gz]`` and ``train-labels-idx1-ubyte[.gz]``."""
+    d = Path(data_dir)
+    images = read_idx(_find(d, "train-images-idx3-ubyte", "the MNIST training images (IDX)"))
+    labels = read_idx(_find(d, "train-labels-idx1-ubyte", "the MNIST training labels (IDX)"))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(
+            f"{d}: MNIST images {images.shape} and labels {labels.shape} do not match; expected "
+            "images (n, rows, cols) and labels (n,)"
+        )
+    x = (images.reshape(len(images), -1) / 255.0).astype(np.float32)
+    return Dataset("mnist", x, labels.astype(np.int32), 10, f"MNIST ({len(x):,} images)")
+
+
+CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+def load_cifar10(data_dir: str | Path) -> Dataset:
+    """CIFAR-10 training set from the binary batches ``data_batch_1.bin`` ... ``data_batch_5.bin``.
+
+    Each record is one label byte then 3072 pixel bytes (red, green, blue planes of 32x32). Looks
+    in ``data_dir`` and ``data_dir/cifar-10-batches-bin``; at least ``data_batch_1.bin`` is needed.
+    """
+    d = Path(data_dir)
+    if not (d / "data_batch_1.bin").is_file() and (d / "cifar-10-batches-bin").is_dir():
+        d = d / "cifar-10-batches-bin"
+    files = [
+        d / f"data_batch_{i}.bin" for i in range(1, 6) if (d / f"data_batch_{i}.bin").is_file()
+    ]
+    expected = "CIFAR-10 binary version: records of 1 label byte + 3072 pixel bytes"
+    if not files:
+        raise DataError(
+            f"missing data file {d / 'data_batch_1.bin'}: expected the {expected}. "
+            "Put the file there, or leave out --data-dir to use the embedded data."
+        )
+    chunks = []
+    for f in files:
+        raw = np.frombuffer(f.read_bytes(), np.uint8)
+        if raw.size == 0 or raw.size % CIFAR_RECORD:
+            raise DataError(
+                f"{f}: {raw.size} bytes is not a multiple of {CIFAR_RECORD}; expected {expected}"
+            )
+        records = raw.reshape(-1, CIFAR_RECORD)
+        if records[:, 0].max() > 9:
+            raise DataError(f"{f}: label byte {records[:, 0].max()} > 9; expected {expected}")
+        chunks.append(records)
+    records = np.concatenate(chunks)
+    x = (records[:, 1:].reshape(-1, 3, 32, 32) / 255.0).astype(np.float32)
+    return Dataset(
+        "cifar10", x, records[:, 0].astype(np.int32), 10, f"CIFAR-10 ({len(x):,} images)"
+    )
+
+
+def read_svmlight(path: str | Path, num_features: int = VOCAB) -> tuple[np.ndarray, np.ndarray]:
+    """Parse ``label index:count ...`` lines; keep features with index < ``num_features``.
+
+    Returns dense uint8 counts (clipped at 255) and the integer labels. IMDB's feature indices are
+    0-based and sorted by word frequency, so the first 10,000 are the 10,000 most frequent words.
+    """
+    path = Path(path)
+    expected = "svmlight lines 'label index:count index:count ...'"
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read as text ({err}); expected {expected}") from err
+    lines = [line for line in lines if line.strip()]
+    x = np.zeros((len(lines), num_features), np.uint8)
+    y = np.zeros(len(lines), np.int32)
+    for row, line in enumerate(lines):
+        fields = line.split()
+        try:
+            y[row] = int(fields[0])
+            for field in fields[1:]:
+                index, count = field.split(":")
+                j = int(index)
+                if j < num_features:
+                    x[row, j] = min(int(float(count)), 255)
+        except ValueError as err:
+            raise DataError(f"{path}, line {row + 1}: {line[:60]!r} is not {expected}") from err
+    return x, y
+
+
+def load_imdb(data_dir: str | Path) -> Dataset:
+    """IMDB bag-of-words from ``aclImdb/train/labeledBow.feat``; rating >= 7 is positive."""
+    d = Path(data_dir)
+    path = d / "aclImdb" / "train" / "labeledBow.feat"
+    if not path.is_file():
+        raise DataError(
+            f"missing data file {path}: expected the IMDB bag-of-words (svmlight lines "
+            "'rating index:count ...'). Put the file there, or leave out --data-dir to use the "
+            "embedded data."
+        )
+    x, ratings = read_svmlight(path)
+    return Dataset("imdb", x, (ratings >= 7).astype(np.int32), 2, f"IMDB ({len(x):,} reviews)")
+
+
+def load(name: str, data_dir: str | Path | None = None, seed: int = 0) -> Dataset:
+    """Dataset ``name`` ('mnist', 'cifar10' or 'imdb'): the real files when ``data_dir`` is given."""
+    loaders = {
+        "mnist": (digits_as_mnist, load_mnist),
+        "cifar10": (digits_as_cifar, load_cifar10),
+        "imdb": (lambda: zipf_corpus(seed=seed), load_imdb),
+    }
+    if name not in loaders:
+        raise ValueError(f"unknown dataset {name!r}: choose one of {sorted(loaders)}")
+    embedded, real = loaders[name]
+    if data_dir is None:
+        return embedded()
+    if not Path(data_dir).is_dir():
+        raise DataError(f"--data-dir {data_dir} is not a directory")
+    return real(data_dir)

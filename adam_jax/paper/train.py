@@ -1,0 +1,117 @@
+"""Training engine: many runs of one model from one initialisation, vectorised over hyperparameters.
+
+All runs in a call share the initial parameters, the minibatch order and the dropout masks; they
+differ only in the optimizer's hyperparameters, which are ``jax.vmap``-ed (adam_jax and optax accept
+traced hyperparameters). An epoch is one ``jax.jit``-compiled ``lax.scan`` over its minibatches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from adam_jax.paper.models import Model
+
+BATCH_SIZE = 128  # Section 6: minibatches of 128 throughout
+MAX_EVAL = 10_000  # the plotted training cost is evaluated on at most this many examples
+EVAL_CHUNK = 1_000
+
+MakeTx = Callable[[Mapping[str, jax.Array]], optax.GradientTransformation]
+
+
+def _eval_split(n: int) -> tuple[int, int]:
+    """(number of chunks, chunk size) of the evaluation subset of the training set."""
+    if n <= 2 * EVAL_CHUNK:
+        return 1, n
+    return min(n, MAX_EVAL) // EVAL_CHUNK, EVAL_CHUNK
+
+
+def train_runs(
+    model: Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    make_tx: MakeTx,
+    hparams: Mapping[str, np.ndarray],
+    epochs: int,
+    seed: int,
+    on_epoch: Callable[[], None] | None = None,
+    vectorize: bool = True,
+) -> np.ndarray:
+    """Train one run per entry of ``hparams`` (arrays of equal length R) for ``epochs`` epochs.
+
+    Returns the training cost, shape (R, epochs + 1): column 0 at the initial parameters, column e
+    after epoch e, evaluated without dropout on (up to ``MAX_EVAL`` of) the training set. Diverged
+    runs give inf or nan, which the caller treats as failures. ``vectorize=False`` trains the runs
+    one after another with one compiled epoch (faster for convolutions, which XLA's CPU backend
+    runs slowly when vmapped over different kernels).
+    """
+    n = len(y)
+    if n < BATCH_SIZE:
+        raise ValueError(f"need at least {BATCH_SIZE} training examples, got {n}")
+    steps = n // BATCH_SIZE
+    hp = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
+    x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
+    k_init, k_eval, k_epochs = jax.random.split(jax.random.PRNGKey(seed), 3)
+    params0 = model.init(k_init)
+    chunks, chunk = _eval_split(n)
+    x_eval = x_dev[: chunks * chunk].reshape(chunks, chunk, *x.shape[1:])
+    y_eval = y_dev[: chunks * chunk].reshape(chunks, chunk)
+
+    def cost(params):
+        per_chunk = jax.lax.map(
+            lambda xy: model.loss(params, xy[0].astype(jnp.float32), xy[1], k_eval, False),
+            (x_eval, y_eval),
+        )
+        return jnp.mean(per_chunk)
+
+    def init_one(h):
+        return make_tx(h).init(params0)
+
+    def epoch_one(h, params, opt_state, order, keys):
+        tx = make_tx(h)
+
+        def step(carry, batch):
+            p, s = carry
+            idx, key = batch
+            xb, yb = x_dev[idx].astype(jnp.float32), y_dev[idx]
+            grads = jax.grad(model.loss)(p, xb, yb, key, True)
+            updates, s = tx.update(grads, s, p)
+            return (optax.apply_updates(p, updates), s), None
+
+        (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), (order, keys))
+        return params, opt_state, cost(params)
+
+    def run_epoch(h, params, opt_state, key):
+        k_perm, k_drop = jax.random.split(key)
+        order = jax.random.permutation(k_perm, n)[: steps * BATCH_SIZE].reshape(steps, BATCH_SIZE)
+        keys = jax.random.split(k_drop, steps)
+        if vectorize:
+            return jax.vmap(epoch_one, in_axes=(0, 0, 0, None, None))(
+                h, params, opt_state, order, keys
+            )
+        return epoch_one(h, params, opt_state, order, keys)
+
+    run_epoch = jax.jit(run_epoch)
+    runs = len(next(iter(hp.values())))
+    initial = float(jax.jit(cost)(params0))
+    losses = np.full((runs, epochs + 1), initial, np.float64)
+    epoch_keys = jax.random.split(k_epochs, epochs)
+    groups = [slice(None)] if vectorize else [slice(r, r + 1) for r in range(runs)]
+    for rows in groups:
+        h = {k: v[rows] for k, v in hp.items()}
+        if vectorize:
+            params = jax.tree.map(lambda a: jnp.broadcast_to(a, (runs, *a.shape)), params0)
+            opt_state = jax.jit(jax.vmap(init_one))(h)
+        else:
+            h = {k: v[0] for k, v in h.items()}
+            params, opt_state = params0, jax.jit(init_one)(h)
+        for e in range(1, epochs + 1):
+            params, opt_state, loss = run_epoch(h, params, opt_state, epoch_keys[e - 1])
+            losses[rows, e] = np.asarray(loss)
+            if on_epoch is not None:
+                on_epoch()
+    return losses

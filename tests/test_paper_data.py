@@ -1,0 +1,151 @@
+"""Loaders of the real data formats (files written here, in each format) and the embedded data."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from adam_jax.paper import data
+from adam_jax.paper.runner import zca_whiten
+
+
+def write_idx(path, array, gz=False):
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    payload = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if gz else payload)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_idx_round_trip(tmp_path, gz):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 4, 3), dtype=np.uint8)
+    labels = np.array([3, 1, 4, 1, 5], np.uint8)
+    suffix = ".gz" if gz else ""
+    write_idx(tmp_path / f"train-images-idx3-ubyte{suffix}", images, gz)
+    write_idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", labels, gz)
+    ds = data.load("mnist", tmp_path)
+    assert ds.x.shape == (5, 12)
+    np.testing.assert_allclose(ds.x[2], images[2].ravel() / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(ds.y, [3, 1, 4, 1, 5])
+    assert "MNIST (5 images)" in ds.source
+
+
+def test_mnist_missing_file_names_it(tmp_path):
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((2, 2, 2)))
+    with pytest.raises(
+        data.DataError, match=r"train-labels-idx1-ubyte.*expected the MNIST training labels \(IDX\)"
+    ):
+        data.load_mnist(tmp_path)
+
+
+def test_idx_bad_magic_and_truncation(tmp_path):
+    bad = tmp_path / "train-images-idx3-ubyte"
+    bad.write_bytes(b"\x12\x34\x56\x78" + b"\0" * 20)
+    with pytest.raises(data.DataError, match=r"train-images-idx3-ubyte: bad magic number.*IDX"):
+        data.read_idx(bad)
+    write_idx(bad, np.zeros((3, 2, 2)))
+    bad.write_bytes(bad.read_bytes()[:-1])
+    with pytest.raises(
+        data.DataError, match=r"announces \(3, 2, 2\) = 12 bytes of data but the file has 11"
+    ):
+        data.read_idx(bad)
+    mismatched = tmp_path / "m"
+    mismatched.mkdir()
+    write_idx(mismatched / "train-images-idx3-ubyte", np.zeros((3, 2, 2)))
+    write_idx(mismatched / "train-labels-idx1-ubyte", np.zeros(2))
+    with pytest.raises(data.DataError, match="do not match"):
+        data.load_mnist(mismatched)
+    notgz = tmp_path / "x.gz"
+    notgz.write_bytes(b"not gzip")
+    with pytest.raises(data.DataError, match=r"x.gz: not a valid gzip file"):
+        data.read_idx(notgz)
+
+
+def test_cifar_binary_batches(tmp_path):
+    rng = np.random.default_rng(1)
+    batches = []
+    for i in (1, 2):
+        labels = rng.integers(0, 10, size=3, dtype=np.uint8)
+        pixels = rng.integers(0, 256, size=(3, 3, 32, 32), dtype=np.uint8)
+        records = np.concatenate([labels[:, None], pixels.reshape(3, -1)], axis=1)
+        (tmp_path / f"data_batch_{i}.bin").write_bytes(records.tobytes())
+        batches.append((labels, pixels))
+    ds = data.load("cifar10", tmp_path)
+    assert ds.x.shape == (6, 3, 32, 32)
+    np.testing.assert_array_equal(ds.y, np.concatenate([b[0] for b in batches]))
+    # record 4 is the second image of batch 2; its green plane is bytes 1025..2048 of the record
+    np.testing.assert_allclose(ds.x[4, 1], batches[1][1][1, 1] / 255.0, rtol=1e-6)
+
+
+def test_cifar_errors(tmp_path):
+    with pytest.raises(
+        data.DataError, match=r"data_batch_1.bin: expected the CIFAR-10 binary version"
+    ):
+        data.load_cifar10(tmp_path)
+    (tmp_path / "data_batch_1.bin").write_bytes(b"\0" * 100)
+    with pytest.raises(
+        data.DataError, match=r"data_batch_1.bin: 100 bytes is not a multiple of 3073"
+    ):
+        data.load_cifar10(tmp_path)
+    (tmp_path / "data_batch_1.bin").write_bytes(bytes([11]) + b"\0" * 3072)
+    with pytest.raises(data.DataError, match="label byte 11 > 9"):
+        data.load_cifar10(tmp_path)
+
+
+def test_imdb_svmlight(tmp_path):
+    d = tmp_path / "aclImdb" / "train"
+    d.mkdir(parents=True)
+    (d / "labeledBow.feat").write_text("9 0:3 5:1 12000:7\n2 1:2 9999:300\n7 0:1\n\n")
+    ds = data.load("imdb", tmp_path)
+    assert ds.x.shape == (3, data.VOCAB)
+    np.testing.assert_array_equal(ds.y, [1, 0, 1])  # rating >= 7 is positive
+    assert ds.x[0, 0] == 3 and ds.x[0, 5] == 1 and ds.x[0].sum() == 4  # index 12000 dropped
+    assert ds.x[1, 9999] == 255  # counts clipped to uint8
+    (d / "labeledBow.feat").write_text("9 0:3\n8 zero:1\n")
+    with pytest.raises(
+        data.DataError, match=r"labeledBow.feat, line 2: '8 zero:1' is not svmlight"
+    ):
+        data.load_imdb(tmp_path)
+
+
+def test_imdb_missing_and_bad_data_dir(tmp_path):
+    with pytest.raises(
+        data.DataError, match=r"aclImdb/train/labeledBow.feat: expected the IMDB bag-of-words"
+    ):
+        data.load("imdb", tmp_path)
+    with pytest.raises(data.DataError, match="is not a directory"):
+        data.load("mnist", tmp_path / "nope")
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
+        data.load("svhn")
+
+
+def test_embedded_digits():
+    mnist, cifar = data.load("mnist"), data.load("cifar10")
+    assert mnist.x.shape == (1797, 64) and cifar.x.shape == (1797, 1, 8, 8)
+    assert mnist.x.min() == 0.0 and mnist.x.max() == 1.0
+    assert sorted(set(mnist.y.tolist())) == list(range(10))
+    np.testing.assert_array_equal(cifar.x.reshape(1797, 64), mnist.x)
+    assert "standing in for MNIST" in mnist.source
+
+
+def test_zipf_corpus_is_sparse_zipfian_and_seeded():
+    ds = data.zipf_corpus(num_docs=300, seed=3)
+    assert ds.x.shape == (300, 10_000) and ds.x.dtype == np.uint8
+    assert (ds.x > 0).mean() < 0.03  # very sparse, as bag-of-words
+    counts = ds.x.sum(0).astype(float)
+    # Zipf: the most frequent word appears about 10x as often as the 10th (sentiment words aside)
+    assert 5 < counts[0] / counts[9] < 20
+    assert 0.3 < ds.y.mean() < 0.7
+    np.testing.assert_array_equal(ds.x, data.zipf_corpus(num_docs=300, seed=3).x)
+    assert not np.array_equal(ds.x, data.zipf_corpus(num_docs=300, seed=4).x)
+
+
+def test_zca_whitening_gives_identity_covariance():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 8)) @ rng.normal(size=(8, 8))  # correlated, full rank
+    x = x.reshape(500, 2, 2, 2)
+    w = zca_whiten(x.astype(np.float32), eps=0.0).reshape(500, -1).astype(np.float64)
+    np.testing.assert_allclose(np.cov(w.T, bias=True), np.eye(8), atol=1e-3)
