@@ -65,7 +65,7 @@ def test_state_is_at_most_2_1_bytes_per_parameter():
 )
 def test_quantized_updates_track_the_reference(make, ref_fn, options):
     grads = reference.gradient_sequence(200, dtype=np.float32)
-    ours, state = run_updates(quantized_moments(make(**options), block_size=4), grads)
+    ours, _ = run_updates(quantized_moments(make(**options), block_size=4), grads)
     ref = reference_per_leaf(ref_fn, grads, **options)
     for k in ref:
         assert np.all(np.isfinite(np.asarray(ours[k])))
