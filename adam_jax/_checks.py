@@ -66,8 +66,8 @@ def check_same_shapes(where: str, name: str, tree: PyTree, ref_name: str, ref: P
     ):
         if jnp.shape(x) != jnp.shape(y):
             raise ValueError(
-                f"{where}: {name} leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(x)} but "
-                f"{ref_name} has shape {jnp.shape(y)} there."
+                f"{where}: {name} leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(x)}, "
+                f"but in {ref_name} it has shape {jnp.shape(y)}."
             )
 
 
