@@ -192,17 +192,29 @@ def test_introspection_finds_the_core_constructors():
     assert "adam_jax.inverse_sqrt_schedule" in ids
 
 
+# Valid values for required arguments that are not the one under test.
+GOOD_VALUES = {
+    **{name: 0.5 for name in BAD_VALUES},
+    "betas": (0.9, 0.999),
+    "inner": optax.identity(),
+    "tx": optax.identity(),
+    "optimizer": optax.identity(),
+}
+
+
 @pytest.mark.parametrize("fn, arg, bad", VALIDATION_CASES)
 def test_every_public_constructor_rejects_out_of_range_hyperparameters(fn, arg, bad):
-    required = {  # valid values for required arguments that are not under test
-        name: 0.5 if name in BAD_VALUES else (0.9, 0.99)
+    required = [
+        name
         for name, p in inspect.signature(fn).parameters.items()
         if p.default is inspect.Parameter.empty
         and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         and name != arg
-    }
+    ]
+    unknown = [name for name in required if name not in GOOD_VALUES]
+    assert not unknown, f"add a valid value for {unknown} to GOOD_VALUES in {__file__}"
     with pytest.raises(ValueError) as err:
-        fn(**required, **{arg: bad})
+        fn(**{name: GOOD_VALUES[name] for name in required}, **{arg: bad})
     message = str(err.value)
     assert arg in message and "out of range" in message, message
     shown = bad[1] if isinstance(bad, tuple) else bad
