@@ -1,7 +1,9 @@
 """adam_jax: Adam and AdaMax (Kingma & Ba, 2015) as pure-functional Optax transformations."""
 
 from adam_jax.aliases import adam, adamax
+from adam_jax.checkpoint import checkpoint_fingerprint, restore_checkpoint, save_checkpoint
 from adam_jax.schedules import inverse_sqrt_schedule
+from adam_jax.sharding import state_sharding
 from adam_jax.transforms import (
     BiasCorrectionState,
     ScaleByAdamaxState,
@@ -20,7 +22,11 @@ __all__ = [
     "adam",
     "adamax",
     "bias_correction",
+    "checkpoint_fingerprint",
     "inverse_sqrt_schedule",
+    "restore_checkpoint",
+    "save_checkpoint",
     "scale_by_adam",
     "scale_by_adamax",
+    "state_sharding",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.experimental.shard_alike import shard_alike
 from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _validate
@@ -56,8 +57,22 @@ def check_float_params(params: PyTree, where: str) -> None:
 
 
 def zeros_like(tree: PyTree, dtype_of: Callable[[jnp.dtype], jnp.dtype]) -> PyTree:
-    """Zeros shaped like each leaf of ``tree``, in ``dtype_of(leaf.dtype)``."""
-    return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=dtype_of(jnp.result_type(x))), tree)
+    """Zeros shaped and sharded like each leaf of ``tree``, in ``dtype_of(leaf.dtype)``.
+
+    This is where every moment buffer is created. A concrete array hands its sharding to
+    ``jnp.zeros_like``. A traced leaf under ``jit`` on a mesh with ``AxisType.Auto`` carries no
+    sharding, and zeros built from its shape alone are tied to nothing, so XLA would place them on
+    a single device. ``shard_alike`` puts each buffer in its parameter's sharding group, so the
+    partitioner gives it the parameter's sharding: optimizer state follows the model's sharding.
+    """
+
+    def one(x: ArrayLike) -> jax.Array:
+        zeros = jnp.zeros_like(x, dtype=dtype_of(jnp.result_type(x)))
+        if isinstance(x, jax.core.Tracer):
+            _, zeros = shard_alike(x, zeros)
+        return zeros
+
+    return jax.tree.map(one, tree)
 
 
 def cast_like(tree: PyTree, like: PyTree) -> PyTree:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import optax
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _validate, transforms
 
@@ -23,16 +21,37 @@ def adam(
     b1: ArrayLike = 0.9,
     b2: ArrayLike = 0.999,
     eps: ArrayLike = 1e-8,
-    **kwargs: Any,
+    *,
+    eps_root: ArrayLike = 0.0,
+    eps_hat: bool = False,
+    bias_correction: bool = True,
+    b1_decay: ArrayLike = 1.0,
+    amsgrad: bool = False,
+    nesterov: bool = False,
+    mu_dtype: DTypeLike | None = None,
+    nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     """Adam (Algorithm 1): :func:`adam_jax.scale_by_adam` followed by ``-learning_rate``.
 
-    ``kwargs`` are the keyword options of :func:`adam_jax.scale_by_adam` (``eps_root``, ``eps_hat``,
-    ``bias_correction``, ``b1_decay``, ``amsgrad``, ``nesterov``, ``mu_dtype``, ``nu_dtype``).
-    ``learning_rate`` is a number >= 0 or an optax schedule, e.g.
-    :func:`adam_jax.inverse_sqrt_schedule` for the alpha/sqrt(t) of Section 4.
+    The keyword options are those of :func:`adam_jax.scale_by_adam`. ``learning_rate`` is a number
+    >= 0 or an optax schedule, e.g. :func:`adam_jax.inverse_sqrt_schedule` for the alpha/sqrt(t)
+    of Section 4. Explicit keywords (rather than ``**kwargs``) let ``optax.inject_hyperparams``
+    see every hyperparameter.
     """
-    return _with_learning_rate(transforms.scale_by_adam(b1, b2, eps, **kwargs), learning_rate)
+    rescaler = transforms.scale_by_adam(
+        b1,
+        b2,
+        eps,
+        eps_root=eps_root,
+        eps_hat=eps_hat,
+        bias_correction=bias_correction,
+        b1_decay=b1_decay,
+        amsgrad=amsgrad,
+        nesterov=nesterov,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )
+    return _with_learning_rate(rescaler, learning_rate)
 
 
 def adamax(
@@ -40,11 +59,23 @@ def adamax(
     b1: ArrayLike = 0.9,
     b2: ArrayLike = 0.999,
     eps: ArrayLike = 0.0,
-    **kwargs: Any,
+    *,
+    bias_correction: bool = True,
+    b1_decay: ArrayLike = 1.0,
+    mu_dtype: DTypeLike | None = None,
+    nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     """AdaMax (Algorithm 2): :func:`adam_jax.scale_by_adamax` followed by ``-learning_rate``.
 
-    ``kwargs`` are the keyword options of :func:`adam_jax.scale_by_adamax` (``bias_correction``,
-    ``b1_decay``, ``mu_dtype``, ``nu_dtype``).
+    The keyword options are those of :func:`adam_jax.scale_by_adamax`.
     """
-    return _with_learning_rate(transforms.scale_by_adamax(b1, b2, eps, **kwargs), learning_rate)
+    rescaler = transforms.scale_by_adamax(
+        b1,
+        b2,
+        eps,
+        bias_correction=bias_correction,
+        b1_decay=b1_decay,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )
+    return _with_learning_rate(rescaler, learning_rate)

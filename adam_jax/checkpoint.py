@@ -1,0 +1,194 @@
+"""Save and restore ``(params, opt_state)`` with orbax-checkpoint, refusing a mismatched optimizer.
+
+A checkpoint holds three items: ``params`` and ``opt_state`` (orbax ``StandardSave``, sharded arrays
+written by every process) and ``optimizer``, a JSON fingerprint of both trees: their structure
+(which names the state types, e.g. ``ScaleByAdamState``, and shows ``nu_max=None`` without
+AMSGrad) and every leaf's dtype and shape (which shows ``mu_dtype``/``nu_dtype``). On restore the
+fingerprint of ``tx.init(params)`` must match, so a checkpoint of a different optimizer
+configuration raises a ``ValueError`` that lists the differences instead of being restored into
+the wrong fields. Hyperparameters that leave the state's shape unchanged (a learning rate, ``b1``)
+are opaque inside an ``optax.GradientTransformation``: pass them as ``config`` to have them stored
+and compared too.
+
+Restoring onto a mesh reads each array straight into its target sharding: the parameters' own
+shardings and, for the state, :func:`adam_jax.state_sharding`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adam_jax.sharding import state_sharding
+
+PyTree = Any
+
+_MAX_LISTED = 8
+
+
+def _orbax():
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "adam_jax checkpoints need orbax-checkpoint: pip install 'adam-jax[checkpoint]'"
+        ) from err
+    return ocp
+
+
+def _tree_fingerprint(tree: PyTree) -> dict[str, Any]:
+    leaves = {
+        jax.tree_util.keystr(path): f"{jnp.dtype(leaf.dtype).name}{list(leaf.shape)}"
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+    return {"structure": str(jax.tree.structure(tree)), "leaves": leaves}
+
+
+def checkpoint_fingerprint(
+    params: PyTree, opt_state: PyTree, config: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON-able description stored beside a checkpoint and compared on restore.
+
+    Args:
+      params: parameters (arrays or ``jax.ShapeDtypeStruct``).
+      opt_state: optimizer state (arrays or ``jax.ShapeDtypeStruct``).
+      config: optional JSON-able mapping, e.g. the optimizer's hyperparameters.
+
+    Returns:
+      ``{"params": ..., "opt_state": ..., "config": ...}`` with each tree's structure and every
+      leaf's dtype and shape.
+    """
+    return {
+        "params": _tree_fingerprint(params),
+        "opt_state": _tree_fingerprint(opt_state),
+        "config": None if config is None else json.loads(json.dumps(dict(config))),
+    }
+
+
+def _differences(saved: Mapping[str, Any], current: Mapping[str, Any], check_config: bool) -> list:
+    found = []
+    for section in ("params", "opt_state"):
+        old, new = saved.get(section) or {}, current[section]
+        if old.get("structure") != new["structure"]:
+            found.append(
+                f"{section} structure: checkpoint {old.get('structure')}, this run {new['structure']}"
+            )
+        old_leaves, new_leaves = old.get("leaves") or {}, new["leaves"]
+        for key in sorted(old_leaves.keys() | new_leaves.keys()):
+            if old_leaves.get(key) != new_leaves.get(key):
+                found.append(
+                    f"{section} leaf {key}: checkpoint {old_leaves.get(key, 'absent')}, "
+                    f"this run {new_leaves.get(key, 'absent')}"
+                )
+    if check_config and saved.get("config") != current["config"]:
+        found.append(f"config: checkpoint {saved.get('config')}, this run {current['config']}")
+    return found
+
+
+def save_checkpoint(
+    directory: str | Path,
+    params: PyTree,
+    opt_state: PyTree,
+    *,
+    config: Mapping[str, Any] | None = None,
+    force: bool = False,
+) -> None:
+    """Write ``params``, ``opt_state`` and their fingerprint to ``directory`` (blocking).
+
+    In a multi-process run every process calls this with its (globally sharded) arrays; orbax
+    writes each shard once.
+
+    Args:
+      directory: the checkpoint directory; must not exist unless ``force``.
+      params: the parameters.
+      opt_state: the optimizer state, e.g. ``tx.init(params)`` after some updates. ``None``
+        subtrees (``nu_max`` without AMSGrad) are stored as such.
+      config: optional JSON-able mapping stored with the checkpoint (e.g. hyperparameters);
+        :func:`restore_checkpoint` compares it when it is given one.
+      force: overwrite an existing ``directory``.
+    """
+    ocp = _orbax()
+    fingerprint = checkpoint_fingerprint(params, opt_state, config)
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        checkpointer.save(
+            Path(directory).absolute(),
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                opt_state=ocp.args.StandardSave(opt_state),
+                optimizer=ocp.args.JsonSave(fingerprint),
+            ),
+            force=force,
+        )
+
+
+def restore_checkpoint(
+    directory: str | Path,
+    tx: optax.GradientTransformation,
+    params: PyTree,
+    *,
+    config: Mapping[str, Any] | None = None,
+) -> tuple[PyTree, PyTree]:
+    """Read ``(params, opt_state)`` written by :func:`save_checkpoint`, laid out like ``params``.
+
+    Args:
+      directory: the checkpoint directory.
+      tx: the optimizer training continues with; its state must have the structure, dtypes and
+        shapes of the saved one.
+      params: the target parameters: ``jax.Array`` or ``jax.ShapeDtypeStruct`` leaves with the
+        ``sharding`` to restore onto (values are ignored). The state goes to
+        ``state_sharding(tx, params)``.
+      config: when given, must equal the ``config`` the checkpoint was saved with.
+
+    Returns:
+      ``(params, opt_state)``, sharded as above, bit-identical to what was saved.
+
+    Raises:
+      ValueError: the checkpoint was written for a different optimizer configuration or
+        parameters; the message lists what differs.
+    """
+    ocp = _orbax()
+    directory = Path(directory).absolute()
+    abstract_params = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        params,
+    )
+    shardings = state_sharding(tx, abstract_params)
+    abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        jax.eval_shape(tx.init, abstract_params),
+        shardings,
+    )
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        saved = checkpointer.restore(
+            directory, args=ocp.args.Composite(optimizer=ocp.args.JsonRestore())
+        ).optimizer
+        if not isinstance(saved, Mapping):
+            raise ValueError(
+                f"{directory} has no adam_jax optimizer fingerprint; write checkpoints with "
+                "adam_jax.save_checkpoint."
+            )
+        current = checkpoint_fingerprint(abstract_params, abstract_state, config)
+        differences = _differences(saved, current, check_config=config is not None)
+        if differences:
+            listed = "\n  ".join(differences[:_MAX_LISTED])
+            more = len(differences) - _MAX_LISTED
+            raise ValueError(
+                f"checkpoint {directory} was written for a different optimizer configuration "
+                f"than the one given to restore_checkpoint:\n  {listed}"
+                + (f"\n  ... and {more} more" if more > 0 else "")
+                + "\nRestore with the optimizer (and config) the checkpoint was saved with."
+            )
+        restored = checkpointer.restore(
+            directory,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_params),
+                opt_state=ocp.args.StandardRestore(abstract_state),
+            ),
+        )
+    return restored.params, restored.opt_state

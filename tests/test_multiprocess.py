@@ -1,0 +1,92 @@
+"""Two processes on 127.0.0.1 (jax.distributed, CPU gloo, 2 devices each) against one process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from tests import multiprocess_worker as worker
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 150
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_cluster(num_processes: int, out: Path, logs: Path) -> list[int]:
+    """Start the workers, wait at most TIMEOUT_S in all, kill whatever is left; exit codes."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["JAX_PLATFORMS"] = "cpu"
+    port = _free_port()
+    procs, files = [], []
+    try:
+        for i in range(num_processes):
+            log = open(logs / f"worker{i}.log", "wb")  # closed in the finally below
+            files.append(log)
+            cmd = [
+                sys.executable,
+                str(Path(worker.__file__)),
+                str(port),
+                str(i),
+                str(num_processes),
+                str(out),
+            ]
+            procs.append(
+                subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+            )
+        deadline = time.monotonic() + TIMEOUT_S
+        codes = []
+        for p in procs:
+            try:
+                codes.append(p.wait(timeout=max(deadline - time.monotonic(), 0.1)))
+            except subprocess.TimeoutExpired:
+                codes.append(None)
+        return codes
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for f in files:
+            f.close()
+
+
+def test_two_processes_match_single_process(tmp_path):
+    out = tmp_path / "final.npz"
+    codes = _run_cluster(2, out, tmp_path)
+    if codes != [0, 0]:
+        logs = "\n".join(
+            f"--- worker {i} (exit {c}) ---\n" + (tmp_path / f"worker{i}.log").read_text()[-3000:]
+            for i, c in enumerate(codes)
+        )
+        raise AssertionError(f"workers exited {codes} (None: killed after {TIMEOUT_S}s)\n{logs}")
+    got = dict(np.load(out))
+    assert (tmp_path / "ckpt" / "opt_state").is_dir()  # written by both processes, read back
+
+    # The same global batches in this process, on one device, unsharded.
+    params, xs, ys = worker.problem()
+    initial = dict(params)
+    tx = worker.make_tx()
+    step = jax.jit(worker.make_step(tx))
+    state = tx.init(params)
+    for x, y in zip(xs, ys, strict=True):
+        params, state = step(params, state, x, y)
+    assert set(got) == set(params)
+    for k, v in params.items():
+        np.testing.assert_allclose(got[k], np.asarray(v), rtol=1e-5, atol=1e-6, err_msg=k)
+        assert not np.allclose(got[k], initial[k]), f"{k} did not move: the run trained nothing"
