@@ -1,6 +1,7 @@
 """Resume after a crash: a training process killed with SIGKILL in mid-run and restarted from its
-last Orbax checkpoint ends with parameters and optimizer state bit-identical to an uninterrupted
-run of the same script."""
+last checkpoint ends with parameters and optimizer state bit-identical to an uninterrupted run of
+the same script. Checkpoints are written either with orbax directly (a ``CheckpointManager``) or
+with ``adam_jax.save_checkpoint``/``restore_checkpoint``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS, EVERY, KILL_AFTER = 60, 5, 20
@@ -21,16 +23,18 @@ TIMEOUT_S = 150
 
 # The training script: an MLP trained with adam_jax behind gradient clipping and the 1/sqrt(t)
 # schedule (so the step count in the state matters). The batch of step t is a function of t alone;
-# (params, opt_state) are checkpointed together every EVERY steps by orbax, as a flat list of
-# leaves restored into the tree structure of a fresh init.
+# (params, opt_state) are checkpointed together every EVERY steps: by an orbax CheckpointManager, as
+# a flat list of leaves restored into the tree structure of a fresh init, or by adam_jax.checkpoint
+# into one directory per step (orbax writes to a temporary name and renames when complete).
 SCRIPT = """
-import sys, time
+import pathlib, sys, time
 import jax, jax.numpy as jnp, numpy as np, optax
 import orbax.checkpoint as ocp
 import adam_jax
 
 ckpt_dir, out_path = sys.argv[1], sys.argv[2]
 steps, every, delay = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+method = sys.argv[6]
 
 def batch(t):
     rng = np.random.default_rng(1000 + t)
@@ -58,33 +62,54 @@ def train_step(params, opt_state, x, y):
     return optax.apply_updates(params, updates), opt_state
 
 treedef = jax.tree.structure((params, opt_state))
-manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2))
-start = manager.latest_step() or 0
-if start:
+if method == "orbax":
+    manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2))
+    start = manager.latest_step() or 0
+else:
+    root = pathlib.Path(ckpt_dir)
+    root.mkdir(exist_ok=True)
+    start = max([int(p.name) for p in root.iterdir() if p.name.isdigit()], default=0)
+if start and method == "orbax":
     like = {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves((params, opt_state)))}
     leaves = manager.restore(start, args=ocp.args.StandardRestore(like))
     params, opt_state = jax.tree.unflatten(treedef, [jnp.asarray(leaves[str(i)]) for i in range(len(like))])
+elif start:
+    params, opt_state = adam_jax.restore_checkpoint(root / str(start), tx, params)
+if start:
     print("resumed", start, flush=True)
 
 for t in range(start, steps):
     params, opt_state = train_step(params, opt_state, *batch(t))
     if (t + 1) % every == 0:
-        leaves = {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves((params, opt_state)))}
-        manager.save(t + 1, args=ocp.args.StandardSave(leaves))
-        manager.wait_until_finished()
+        if method == "orbax":
+            leaves = {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves((params, opt_state)))}
+            manager.save(t + 1, args=ocp.args.StandardSave(leaves))
+            manager.wait_until_finished()
+        else:
+            adam_jax.save_checkpoint(root / str(t + 1), params, opt_state)
         print("saved", t + 1, flush=True)
     time.sleep(delay)
-manager.close()
+if method == "orbax":
+    manager.close()
 np.savez(out_path, *[np.asarray(x) for x in jax.tree.leaves((params, opt_state))])
 print("done", flush=True)
 """
 
 
-def _start(script, ckpt, out, delay):
+def _start(script, ckpt, out, delay, method):
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)  # one CPU device, as a plain training script has
     return subprocess.Popen(
-        [sys.executable, str(script), str(ckpt), str(out), str(STEPS), str(EVERY), str(delay)],
+        [
+            sys.executable,
+            str(script),
+            str(ckpt),
+            str(out),
+            str(STEPS),
+            str(EVERY),
+            str(delay),
+            method,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -128,15 +153,16 @@ def _finish(proc, q, deadline, log):
     assert proc.returncode == 0, "\n".join(log)
 
 
-def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("method", ["orbax", "adam_jax.checkpoint"])
+def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path, method):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     deadline = time.monotonic() + TIMEOUT_S
     procs = []
     try:
         # The uninterrupted run and the run to be killed start together.
-        whole = _start(script, tmp_path / "ckpt_whole", tmp_path / "whole.npz", 0.0)
-        crashed = _start(script, tmp_path / "ckpt", tmp_path / "crashed.npz", 0.05)
+        whole = _start(script, tmp_path / "ckpt_whole", tmp_path / "whole.npz", 0.0, method)
+        crashed = _start(script, tmp_path / "ckpt", tmp_path / "crashed.npz", 0.05, method)
         procs += [whole, crashed]
         whole_q, crashed_q = _lines(whole), _lines(crashed)
 
@@ -147,7 +173,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path):
         assert crashed.returncode == -signal.SIGKILL
         assert not (tmp_path / "crashed.npz").exists()
 
-        resumed = _start(script, tmp_path / "ckpt", tmp_path / "crashed.npz", 0.0)
+        resumed = _start(script, tmp_path / "ckpt", tmp_path / "crashed.npz", 0.0, method)
         procs.append(resumed)
         resumed_q = _lines(resumed)
         resume_log: list[str] = []
