@@ -154,6 +154,9 @@ BAD_VALUES = {  # argument name -> an out-of-range value
     "b1_decay": 0.0,
 }
 PAIR_BAD_VALUES = {"betas": (0.9, 1.5)}
+# Where a constructor gives one of these names another meaning (say a learning-rate ``decay``
+# >= 0), put its own out-of-range value here: {("adam_jax.module.name", "arg"): value}.
+BAD_VALUE_OVERRIDES: dict[tuple[str, str], object] = {}
 OPTIONAL_MODULES = ["adam_jax.compat", "adam_jax.monitor", "adam_jax.schedules"]
 
 
@@ -178,6 +181,7 @@ def _validation_cases():
         params = inspect.signature(fn).parameters
         for arg, bad in {**BAD_VALUES, **PAIR_BAD_VALUES}.items():
             if arg in params:
+                bad = BAD_VALUE_OVERRIDES.get((qualname, arg), bad)
                 cases.append(pytest.param(fn, arg, bad, id=f"{qualname}({arg}={bad!r})"))
     return cases
 
