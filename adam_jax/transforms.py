@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike, DTypeLike
 
-from adam_jax import _tree, _validate
+from adam_jax import _checks, _tree, _validate
 
 
 class ScaleByAdamState(NamedTuple):
@@ -114,6 +114,8 @@ def scale_by_adam(
     _validate_moments(b1, b2, b1_decay)
     _validate.check_nonnegative("eps", eps)
     _validate.check_nonnegative("eps_root", eps_root)
+    _validate.check_dtype("mu_dtype", mu_dtype)
+    _validate.check_dtype("nu_dtype", nu_dtype)
     for name, flag in [
         ("eps_hat", eps_hat),
         ("bias_correction", bias_correction),
@@ -130,7 +132,9 @@ def scale_by_adam(
     def update_fn(
         updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ScaleByAdamState]:
-        del params
+        _checks.check_update_args(
+            "scale_by_adam", updates, params, {"mu": state.mu, "nu": state.nu}
+        )
         g = updates
         t = _tree.increment(state.count)  # Alg. 1: t <- t + 1
         b1_t = _tree.decay_at(b1, b1_decay, t)  # Thm. 4.1: b1_t = b1 * lambda^(t-1)
@@ -208,6 +212,8 @@ def scale_by_adamax(
     _validate_moments(b1, b2, b1_decay)
     _validate.check_nonnegative("eps", eps)
     _validate.check_flag("bias_correction", bias_correction)
+    _validate.check_dtype("mu_dtype", mu_dtype)
+    _validate.check_dtype("nu_dtype", nu_dtype)
 
     def init_fn(params: optax.Params) -> ScaleByAdamaxState:
         count, mu, nu = _init_moments(params, mu_dtype, nu_dtype, "scale_by_adamax")
@@ -216,7 +222,9 @@ def scale_by_adamax(
     def update_fn(
         updates: optax.Updates, state: ScaleByAdamaxState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ScaleByAdamaxState]:
-        del params
+        _checks.check_update_args(
+            "scale_by_adamax", updates, params, {"mu": state.mu, "nu": state.nu}
+        )
         g = updates
         t = _tree.increment(state.count)  # Alg. 2: t <- t + 1
         b1_t = _tree.decay_at(b1, b1_decay, t)  # Thm. 4.1: b1_t = b1 * lambda^(t-1)
@@ -255,7 +263,7 @@ def bias_correction(decay: ArrayLike) -> optax.GradientTransformation:
     def update_fn(
         updates: optax.Updates, state: BiasCorrectionState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, BiasCorrectionState]:
-        del params
+        _checks.check_update_args("bias_correction", updates, params)
         t = _tree.increment(state.count)
         return _tree.debias(updates, _tree.debiasing(decay, t)), BiasCorrectionState(count=t)
 
