@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 import adam_jax
+from adam_jax.quantize import quantized_moments, state_bytes
 
 CASES = {
     "one-array": lambda n: [(n,)],
@@ -56,10 +57,6 @@ def _params(shapes, dtype, seed=0):
     return {f"p{i:04d}": jnp.asarray(rng.normal(size=s), dtype) for i, s in enumerate(shapes)}
 
 
-def _state_bytes(state) -> int:
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
-
-
 def _jax_contender(tx: optax.GradientTransformation, params, grads):
     """A jitted train step with donated params/state; returns (step, compile seconds, state bytes)."""
 
@@ -77,7 +74,7 @@ def _jax_contender(tx: optax.GradientTransformation, params, grads):
         box["p"], box["s"] = compiled(box["p"], box["s"], grads)
         jax.block_until_ready(box["p"])
 
-    return run, compile_s, _state_bytes(state)
+    return run, compile_s, state_bytes(state)
 
 
 def _floor_contender(params, grads):
@@ -143,6 +140,12 @@ def bench_case(case: str, n_params: int, dtype: str, rounds: int, inner: int) ->
         "floor": _floor_contender(params, grads),
         "optax.adam": _jax_contender(optax.adam(1e-3), params, grads),
         "adam_jax.adam": _jax_contender(adam_jax.adam(1e-3), params, grads),
+        "adam_jax.adam, bf16 moments": _jax_contender(
+            adam_jax.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16), params, grads
+        ),
+        "adam_jax.adam, 8-bit moments": _jax_contender(
+            quantized_moments(adam_jax.adam(1e-3)), params, grads
+        ),
     }
     torch_c = _torch_contender(params, grads) if dtype == "float32" else None
     if torch_c is not None:
@@ -159,7 +162,7 @@ def bench_case(case: str, n_params: int, dtype: str, rounds: int, inner: int) ->
             times[name].append((time.perf_counter() - start) / inner)
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = []
-    for name, (_, compile_s, state_bytes) in contenders.items():
+    for name, (_, compile_s, n_state_bytes) in contenders.items():
         rows.append(
             Row(
                 case=f"{case} ({len(shapes)} leaves, {n / 1e6:.1f}M)",
@@ -169,7 +172,7 @@ def bench_case(case: str, n_params: int, dtype: str, rounds: int, inner: int) ->
                 vs_floor=med[name] / med["floor"],
                 vs_optax=med[name] / med["optax.adam"],
                 compile_s=compile_s,
-                state_bytes_per_param=state_bytes / n,
+                state_bytes_per_param=n_state_bytes / n,
             )
         )
     return rows

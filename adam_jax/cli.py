@@ -20,6 +20,12 @@ def _reproduce(args: argparse.Namespace) -> int:
     return paper_cli.reproduce(args)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from adam_jax import bench
+
+    return bench.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adam-jax", description="Adam (Kingma & Ba, 2015) for JAX, exactly as the paper."
@@ -29,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=300, help="number of Adam steps (default 300)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.set_defaults(func=_demo)
+    bench = sub.add_parser("bench", help="time an Adam step against the bandwidth floor and optax")
+    from adam_jax import bench as bench_lib
+
+    bench_lib.add_arguments(bench)
+    bench.set_defaults(func=_bench)
     reproduce = sub.add_parser(
         "reproduce", help="run the paper's Section 6 experiments (figures 1-4)"
     )
