@@ -1,6 +1,7 @@
 """adam_jax: Adam and AdaMax (Kingma & Ba, 2015) as pure-functional Optax transformations."""
 
-from adam_jax.aliases import adam, adamax
+from adam_jax.aliases import adam, adamax, adamw
+from adam_jax.averaging import TemporalAveragingState, averaged_params, temporal_averaging
 from adam_jax.schedules import inverse_sqrt_schedule
 from adam_jax.transforms import (
     BiasCorrectionState,
@@ -17,10 +18,14 @@ __all__ = [
     "BiasCorrectionState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
+    "TemporalAveragingState",
     "adam",
     "adamax",
+    "adamw",
+    "averaged_params",
     "bias_correction",
     "inverse_sqrt_schedule",
     "scale_by_adam",
     "scale_by_adamax",
+    "temporal_averaging",
 ]

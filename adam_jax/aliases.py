@@ -48,3 +48,36 @@ def adamax(
     ``b1_decay``, ``mu_dtype``, ``nu_dtype``).
     """
     return _with_learning_rate(transforms.scale_by_adamax(b1, b2, eps, **kwargs), learning_rate)
+
+
+def adamw(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    weight_decay: ArrayLike = 1e-4,
+    *,
+    mask: Any = None,
+    **kwargs: Any,
+) -> optax.GradientTransformation:
+    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019), as ``optax.adamw``::
+
+        theta_t = theta_{t-1} - learning_rate * (m_hat/(sqrt(v_hat) + eps) + weight_decay * theta_{t-1})
+
+    The decay is multiplied by the learning rate (as optax and ``torch.optim.AdamW``) and never
+    enters the moments. Built as ``chain(scale_by_adam(...), optax.add_decayed_weights(weight_decay,
+    mask), scale_by_learning_rate(learning_rate))``; ``update`` therefore needs ``params``.
+
+    Args:
+      weight_decay: the decoupled decay rate (>= 0).
+      mask: a pytree of booleans (or a callable returning one) choosing the leaves that decay,
+        as in ``optax.add_decayed_weights``; ``None`` decays every leaf.
+      kwargs: the keyword options of :func:`adam_jax.scale_by_adam`.
+    """
+    _validate.check_nonnegative("weight_decay", weight_decay)
+    _validate.check_learning_rate(learning_rate)
+    return optax.chain(
+        transforms.scale_by_adam(b1, b2, eps, **kwargs),
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )

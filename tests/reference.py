@@ -116,3 +116,26 @@ def gradient_sequence(steps=220, seed=0, dtype=np.float64):
         sparse = rng.normal(size=5) if t == 1 or t % 25 == 0 else np.zeros(5)
         seq.append({"dense": dense.astype(dtype), "sparse": sparse.astype(dtype)})
     return seq
+
+
+def temporal_average(thetas, decay, debias=True):
+    """Section 7.2: theta_bar_t = decay*theta_bar + (1-decay)*theta_t from 0, over /(1-decay^t)."""
+    avg = np.zeros(np.shape(thetas[0]))
+    out = []
+    for t, theta in enumerate(thetas, start=1):
+        avg = decay * avg + (1 - decay) * np.asarray(theta, np.float64)
+        out.append(avg / (1 - decay**t) if debias else avg.copy())
+    return out
+
+
+def adamw_trajectory(theta0, grads, lr, weight_decay, **adam_kwargs):
+    """Decoupled decay (Loshchilov & Hutter): theta -= lr*(adam_update + weight_decay*theta).
+
+    The gradients are a fixed sequence (independent of theta); returns theta_1..theta_T.
+    """
+    theta = np.asarray(theta0, np.float64)
+    out = []
+    for direction in adam(grads, **adam_kwargs):
+        theta = theta - lr * (direction + weight_decay * theta)
+        out.append(theta)
+    return out
