@@ -2,6 +2,7 @@
 
 from adam_jax.aliases import adam, adamax, adamw
 from adam_jax.averaging import TemporalAveragingState, averaged_params, temporal_averaging
+from adam_jax.monitor import MonitorState, StepStats, monitor, step_stats
 from adam_jax.schedules import inverse_sqrt_schedule
 from adam_jax.transforms import (
     BiasCorrectionState,
@@ -16,8 +17,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BiasCorrectionState",
+    "MonitorState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
+    "StepStats",
     "TemporalAveragingState",
     "adam",
     "adamax",
@@ -25,7 +28,9 @@ __all__ = [
     "averaged_params",
     "bias_correction",
     "inverse_sqrt_schedule",
+    "monitor",
     "scale_by_adam",
     "scale_by_adamax",
+    "step_stats",
     "temporal_averaging",
 ]
