@@ -43,6 +43,7 @@ class StepStats(NamedTuple):
     bias_correction_1: jax.Array  # 1 - b1^t
     bias_correction_2: jax.Array  # 1 - b2^t (1 for AdaMax, whose u_t needs none)
     nonfinite_grads: jax.Array  # number of NaN/Inf gradient elements, int32
+    step: jax.Array  # t of the step these statistics describe (0 before the first), int32
 
 
 class MonitorState(NamedTuple):
@@ -66,6 +67,7 @@ def monitor(
     b1: ArrayLike | None = None,
     b2: ArrayLike | None = None,
     near: float = 0.9,
+    every: int = 1,
 ) -> optax.GradientTransformation:
     r"""Wrap ``tx`` (containing one Adam or AdaMax) to record :class:`StepStats` for every step.
 
@@ -94,6 +96,10 @@ def monitor(
       learning_rate: alpha (a number or a schedule), or ``None`` to read it from the state.
       b1, b2: Adam's decays, or ``None`` to read them from the state (b2 unused for AdaMax).
       near: the fraction of the bound counted as "near" it, in (0, 1].
+      every: compute the statistics at steps t = 1, 1 + every, 1 + 2*every, ... and keep them in
+        between (``step`` says which step they describe). The statistics read every parameter
+        once or twice more; on CPU that is about the cost of the Adam update itself, so
+        ``every > 1`` bounds the overhead (see ``benchmarks/monitor_overhead.py``).
 
     Raises:
       ValueError: at ``init`` if the state holds no Adam/AdaMax state or a needed hyperparameter is
@@ -106,6 +112,8 @@ def monitor(
     if b2 is not None:
         _validate.check_decay("b2", b2)
     _validate.check_interval("near", near, 0.0, 1.0, low_open=True, high_open=False)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"every={every!r} is out of range: every must be an integer >= 1.")
 
     def hyperparameters(inner_state: optax.OptState, adam_state: Any) -> tuple[Any, Any, Any]:
         """(alpha_t, b1, b2) for the step just taken, given or read from injected state."""
@@ -140,7 +148,8 @@ def monitor(
         adam_state = find_state(inner_state, _ADAM_STATES, "monitor")
         hyperparameters(inner_state, adam_state)  # fail now, not inside the first jitted step
         zero = jnp.zeros([], jnp.float32)
-        stats = StepStats(*([zero] * 7), nonfinite_grads=jnp.zeros([], jnp.int32))
+        izero = jnp.zeros([], jnp.int32)
+        stats = StepStats(*([zero] * 7), nonfinite_grads=izero, step=izero)
         return MonitorState(inner_state=inner_state, stats=stats)
 
     def update_fn(
@@ -155,7 +164,12 @@ def monitor(
         )
         adam_state = find_state(inner_state, _ADAM_STATES, "monitor")
         lr, beta1, beta2 = hyperparameters(inner_state, adam_state)
-        stats = _stats(grads, updates, adam_state, lr, beta1, beta2, near)
+        measure = lambda: _stats(grads, updates, adam_state, lr, beta1, beta2, near)
+        if every == 1:
+            stats = measure()
+        else:
+            due = (adam_state.count - 1) % every == 0
+            stats = jax.lax.cond(due, measure, lambda: state.stats)
         return updates, MonitorState(inner_state=inner_state, stats=stats)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -170,7 +184,7 @@ def _stats(
     b2: ArrayLike,
     near: float,
 ) -> StepStats:
-    """The Section 2.1 quantities of one step, reduced to float32 scalars in one pass per leaf."""
+    """The Section 2.1 quantities of one step, reduced to float32 scalars."""
     f32 = jnp.float32
     t = adam_state.count.astype(f32)
     is_adamax = isinstance(adam_state, ScaleByAdamaxState)
@@ -179,26 +193,45 @@ def _stats(
     bound = jnp.asarray(lr, f32) * (jnp.ones([], f32) if is_adamax else paper_step_bound(b1, b2))
     threshold = near * bound
 
-    def leaf(u: jax.Array, m: jax.Array, v: jax.Array) -> tuple[jax.Array, ...]:
-        a = jnp.abs(u).astype(f32)
-        m_hat = jnp.abs(m).astype(f32) / c1
-        scale = v.astype(f32) if is_adamax else jnp.sqrt(v.astype(f32) / c2)  # u_t or sqrt(v_hat)
-        snr = jnp.where(scale > 0, m_hat / jnp.where(scale > 0, scale, 1.0), 0.0)
-        return jnp.max(a, initial=0.0), jnp.sum(a), jnp.sum(a >= threshold), jnp.sum(snr)
+    # |m_hat|/sqrt(v_hat) = |m| * rsqrt(v) * sqrt(c2)/c1 (|m_hat|/u_t = |m|/u * 1/c1 for AdaMax)
+    snr_factor = (1 / c1) if is_adamax else jnp.sqrt(c2) / c1
+    # 1-D views: XLA:CPU reduces a raveled array several times faster than a 2-D one.
+    us, ms, vs, gs = (
+        [jnp.ravel(x) for x in jax.tree.leaves(tree)]
+        for tree in (updates, adam_state.mu, adam_state.nu, grads)
+    )
+    size = sum(u.size for u in us)
 
-    leaves = [jax.tree.leaves(x) for x in (updates, adam_state.mu, adam_state.nu)]
-    parts = [leaf(u, m, v) for u, m, v in zip(*leaves, strict=True)]
-    size = sum(jnp.size(u) for u in jax.tree.leaves(updates))
-    nonfinite = sum(jnp.sum(~jnp.isfinite(g)) for g in jax.tree.leaves(grads))
+    def snr_sum(m: jax.Array, v: jax.Array) -> jax.Array:
+        v = v.astype(f32)
+        inv_scale = 1 / v if is_adamax else jax.lax.rsqrt(v)
+        return jnp.sum(jnp.where(v > 0, jnp.abs(m).astype(f32) * inv_scale, 0.0))
+
+    abs_us = [jnp.abs(u).astype(f32) for u in us]
+    max_step = jnp.max(jnp.stack([jnp.max(a, initial=0.0) for a in abs_us]))
+
+    # Counting needs an extra pass over every element; take it only when the answer can be
+    # non-zero (some |update| reaches the threshold; the sum of the gradients is not finite).
+    def count_near() -> jax.Array:
+        return sum(jnp.sum(jnp.where(a >= threshold, 1.0, 0.0)) for a in abs_us)
+
+    def count_nonfinite() -> jax.Array:
+        return sum(jnp.sum(jnp.where(jnp.isfinite(g), 0.0, 1.0)) for g in gs)
+
+    zero = jnp.zeros([], f32)
+    near_count = jax.lax.cond(max_step >= threshold, count_near, lambda: zero)
+    grad_sum = sum(jnp.sum(g) for g in gs)
+    nonfinite = jax.lax.cond(jnp.isfinite(grad_sum), lambda: zero, count_nonfinite)
     return StepStats(
-        max_step=jnp.max(jnp.stack([p[0] for p in parts])),
-        mean_step=sum(p[1] for p in parts) / size,
+        max_step=max_step,
+        mean_step=sum(jnp.sum(a) for a in abs_us) / size,
         step_bound=bound,
-        frac_near_bound=sum(p[2] for p in parts).astype(f32) / size,
-        mean_snr=sum(p[3] for p in parts) / size,
+        frac_near_bound=near_count / size,
+        mean_snr=sum(snr_sum(m, v) for m, v in zip(ms, vs, strict=True)) * snr_factor / size,
         bias_correction_1=c1,
         bias_correction_2=c2,
-        nonfinite_grads=jnp.asarray(nonfinite, jnp.int32),
+        nonfinite_grads=nonfinite.astype(jnp.int32),
+        step=adam_state.count.astype(jnp.int32),
     )
 
 
