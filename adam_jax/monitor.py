@@ -9,7 +9,7 @@ so alpha acts as a trust region, and calls ``m_hat / sqrt(v_hat)`` the signal-to
 AdaMax's step obeys ``|Delta_t| <= alpha`` exactly (Section 7.1).
 
 The paper's bound is a typical-case statement, not a theorem for every sequence: gradients that
-grow geometrically (|g_t| ~ c^t with c^2 > b2) can exceed it. A bound valid for every sequence
+grow geometrically (|g_t| = c^t, c > 1) can exceed it. A bound valid for every sequence
 follows from Cauchy-Schwarz, ``(1-b1)/sqrt(1-b2) * sqrt(sum_{k<t} (b1^2/b2)^k) * sqrt(1-b2^t)/(1-b1^t)``
 (``tests/reference.py: strict_step_bound``). ``step_bound`` reports the paper's bound; the fraction
 of elements near it (``frac_near_bound``) shows how often training presses against it.
@@ -43,7 +43,7 @@ class StepStats(NamedTuple):
     bias_correction_1: jax.Array  # 1 - b1^t
     bias_correction_2: jax.Array  # 1 - b2^t (1 for AdaMax, whose u_t needs none)
     nonfinite_grads: jax.Array  # number of NaN/Inf gradient elements, int32
-    step: jax.Array  # t of the step these statistics describe (0 before the first), int32
+    step: jax.Array  # t of the step described (0 before the first), int32
 
 
 class MonitorState(NamedTuple):
@@ -67,7 +67,6 @@ def monitor(
     b1: ArrayLike | None = None,
     b2: ArrayLike | None = None,
     near: float = 0.9,
-    every: int = 1,
 ) -> optax.GradientTransformation:
     r"""Wrap ``tx`` (containing one Adam or AdaMax) to record :class:`StepStats` for every step.
 
@@ -96,10 +95,6 @@ def monitor(
       learning_rate: alpha (a number or a schedule), or ``None`` to read it from the state.
       b1, b2: Adam's decays, or ``None`` to read them from the state (b2 unused for AdaMax).
       near: the fraction of the bound counted as "near" it, in (0, 1].
-      every: compute the statistics at steps t = 1, 1 + every, 1 + 2*every, ... and keep them in
-        between (``step`` says which step they describe). The statistics read every parameter
-        once or twice more; on CPU that is about the cost of the Adam update itself, so
-        ``every > 1`` bounds the overhead (see ``benchmarks/monitor_overhead.py``).
 
     Raises:
       ValueError: at ``init`` if the state holds no Adam/AdaMax state or a needed hyperparameter is
@@ -112,8 +107,6 @@ def monitor(
     if b2 is not None:
         _validate.check_decay("b2", b2)
     _validate.check_interval("near", near, 0.0, 1.0, low_open=True, high_open=False)
-    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-        raise ValueError(f"every={every!r} is out of range: every must be an integer >= 1.")
 
     def hyperparameters(inner_state: optax.OptState, adam_state: Any) -> tuple[Any, Any, Any]:
         """(alpha_t, b1, b2) for the step just taken, given or read from injected state."""
@@ -164,12 +157,7 @@ def monitor(
         )
         adam_state = find_state(inner_state, _ADAM_STATES, "monitor")
         lr, beta1, beta2 = hyperparameters(inner_state, adam_state)
-        measure = lambda: _stats(grads, updates, adam_state, lr, beta1, beta2, near)
-        if every == 1:
-            stats = measure()
-        else:
-            due = (adam_state.count - 1) % every == 0
-            stats = jax.lax.cond(due, measure, lambda: state.stats)
+        stats = _stats(grads, updates, adam_state, lr, beta1, beta2, near)
         return updates, MonitorState(inner_state=inner_state, stats=stats)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
