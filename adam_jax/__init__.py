@@ -1,7 +1,9 @@
 """adam_jax: Adam and AdaMax (Kingma & Ba, 2015) as pure-functional Optax transformations."""
 
-from adam_jax.aliases import adam, adamax
+from adam_jax.aliases import adam, adamax, adamw
+from adam_jax.averaging import TemporalAveragingState, averaged_params, temporal_averaging
 from adam_jax.checkpoint import checkpoint_fingerprint, restore_checkpoint, save_checkpoint
+from adam_jax.monitor import MonitorState, StepStats, monitor, step_stats
 from adam_jax.schedules import inverse_sqrt_schedule
 from adam_jax.sharding import state_sharding
 from adam_jax.transforms import (
@@ -17,16 +19,24 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BiasCorrectionState",
+    "MonitorState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
+    "StepStats",
+    "TemporalAveragingState",
     "adam",
     "adamax",
+    "adamw",
+    "averaged_params",
     "bias_correction",
     "checkpoint_fingerprint",
     "inverse_sqrt_schedule",
+    "monitor",
     "restore_checkpoint",
     "save_checkpoint",
     "scale_by_adam",
     "scale_by_adamax",
     "state_sharding",
+    "step_stats",
+    "temporal_averaging",
 ]

@@ -107,12 +107,19 @@ def update_moment(updates: PyTree, moments: PyTree, decay: ArrayLike, order: int
     return jax.tree.map(one, updates, moments)
 
 
-def update_infinity_norm(updates: PyTree, norms: PyTree, decay: ArrayLike) -> PyTree:
-    """u <- max(decay*u, |g|), the exponentially weighted infinity norm of AdaMax."""
+def update_infinity_norm(
+    updates: PyTree, norms: PyTree, decay: ArrayLike, eps: ArrayLike = 0.0
+) -> PyTree:
+    """u <- max(decay*u, |g| + eps), the exponentially weighted infinity norm of AdaMax.
+
+    ``eps = 0`` is Algorithm 2; a positive ``eps`` inside the max is the PyTorch/optax convention.
+    """
 
     def one(g: jax.Array, u: jax.Array) -> jax.Array:
         dtype = compute_dtype(jnp.result_type(g), u.dtype)
         mag = jnp.abs(g.astype(dtype))
+        if not (_validate.is_concrete_number(eps) and float(eps) == 0.0):
+            mag = mag + _as_real(eps, mag.dtype)
         return jnp.maximum(_as_real(decay, mag.dtype) * u.astype(mag.dtype), mag)
 
     return jax.tree.map(one, updates, norms)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import optax
 from jax.typing import ArrayLike, DTypeLike
 
@@ -79,3 +81,57 @@ def adamax(
         nu_dtype=nu_dtype,
     )
     return _with_learning_rate(rescaler, learning_rate)
+
+
+def adamw(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    weight_decay: ArrayLike = 1e-4,
+    *,
+    mask: Any = None,
+    eps_root: ArrayLike = 0.0,
+    eps_hat: bool = False,
+    bias_correction: bool = True,
+    b1_decay: ArrayLike = 1.0,
+    amsgrad: bool = False,
+    nesterov: bool = False,
+    mu_dtype: DTypeLike | None = None,
+    nu_dtype: DTypeLike | None = None,
+) -> optax.GradientTransformation:
+    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019), as ``optax.adamw``::
+
+        theta_t = theta_{t-1} - learning_rate * (m_hat/(sqrt(v_hat) + eps) + weight_decay * theta_{t-1})
+
+    The decay is multiplied by the learning rate (as optax and ``torch.optim.AdamW``) and never
+    enters the moments. Built as ``chain(scale_by_adam(...), optax.add_decayed_weights(weight_decay,
+    mask), scale_by_learning_rate(learning_rate))``; ``update`` therefore needs ``params``.
+
+    Args:
+      weight_decay: the decoupled decay rate (>= 0).
+      mask: a pytree of booleans (or a callable returning one) choosing the leaves that decay,
+        as in ``optax.add_decayed_weights``; ``None`` decays every leaf.
+
+    The other keyword options are those of :func:`adam_jax.scale_by_adam`.
+    """
+    _validate.check_nonnegative("weight_decay", weight_decay)
+    _validate.check_learning_rate(learning_rate)
+    rescaler = transforms.scale_by_adam(
+        b1,
+        b2,
+        eps,
+        eps_root=eps_root,
+        eps_hat=eps_hat,
+        bias_correction=bias_correction,
+        b1_decay=b1_decay,
+        amsgrad=amsgrad,
+        nesterov=nesterov,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )
+    return optax.chain(
+        rescaler,
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )

@@ -68,6 +68,7 @@ def scale_by_adam(
     bias_correction: bool = True,
     b1_decay: ArrayLike = 1.0,
     amsgrad: bool = False,
+    amsgrad_raw_max: bool = False,
     nesterov: bool = False,
     mu_dtype: DTypeLike | None = None,
     nu_dtype: DTypeLike | None = None,
@@ -101,6 +102,10 @@ def scale_by_adam(
         :math:`1-\beta_1^t` for :math:`\lambda = 1`.
       amsgrad: divide by the running maximum of :math:`\hat v_t` (of :math:`v_t` with
         ``eps_hat``) instead of :math:`\hat v_t` itself (Reddi et al., 2018), as ``optax.amsgrad``.
+      amsgrad_raw_max: with ``amsgrad``, keep the running maximum of the raw :math:`v_t` and debias
+        it at the current step, ``v_den = max_{s<=t} v_s / (1 - b2^t)``, as ``torch.optim.Adam``
+        (the maximum of :math:`\hat v_s` is larger early on). With ``eps_hat`` the maximum is of
+        the raw :math:`v_t` anyway, so the switch changes nothing there.
       nesterov: Nesterov momentum (Dozat, 2016), as ``optax.adam(nesterov=True)``:
         ``m_hat = b1_{t+1} m_t / (1 - prod_{i<=t+1} b1_i) + (1 - b1_t) g_t / (1 - prod_{i<=t} b1_i)``.
       mu_dtype: storage dtype of :math:`m_t`; default: the parameter's dtype promoted to at least
@@ -120,6 +125,7 @@ def scale_by_adam(
         ("eps_hat", eps_hat),
         ("bias_correction", bias_correction),
         ("amsgrad", amsgrad),
+        ("amsgrad_raw_max", amsgrad_raw_max),
         ("nesterov", nesterov),
     ]:
         _validate.check_flag(name, flag)
@@ -155,13 +161,19 @@ def scale_by_adam(
             )
         if eps_hat:  # Sec. 2: alpha_t = alpha*sqrt(1-b2^t)/(1-b1^t), eps_hat beside sqrt(v_t)
             v_den = _tree.tree_maximum(state.nu_max, v) if amsgrad else v
+            nu_max = v_den
             scale = jnp.sqrt(c2)
             direction = jax.tree.map(
                 lambda mh, vd: scale * mh / (jnp.sqrt(vd + eps_root) + eps), m_hat, v_den
             )
         else:
             v_hat = _tree.debias(v, c2)  # Alg. 1: v_hat = v_t / (1 - b2^t)
-            v_den = _tree.tree_maximum(state.nu_max, v_hat) if amsgrad else v_hat
+            if amsgrad and amsgrad_raw_max:  # PyTorch: max_{s<=t} v_s / (1 - b2^t)
+                nu_max = _tree.tree_maximum(state.nu_max, v)
+                v_den = _tree.debias(nu_max, c2)
+            else:
+                v_den = _tree.tree_maximum(state.nu_max, v_hat) if amsgrad else v_hat
+                nu_max = v_den
             direction = jax.tree.map(  # Alg. 1: m_hat / (sqrt(v_hat) + eps)
                 lambda mh, vd: mh / (jnp.sqrt(vd + eps_root) + eps), m_hat, v_den
             )
@@ -169,7 +181,7 @@ def scale_by_adam(
             count=t,
             mu=_tree.cast_like(m, state.mu),
             nu=_tree.cast_like(v, state.nu),
-            nu_max=_tree.cast_like(v_den, state.nu_max) if amsgrad else None,
+            nu_max=_tree.cast_like(nu_max, state.nu_max) if amsgrad else None,
         )
         return _tree.cast_to_updates(direction, updates), new_state
 
@@ -183,6 +195,7 @@ def scale_by_adamax(
     *,
     bias_correction: bool = True,
     b1_decay: ArrayLike = 1.0,
+    eps_in_max: bool = False,
     mu_dtype: DTypeLike | None = None,
     nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
@@ -203,6 +216,8 @@ def scale_by_adamax(
         ``u_t`` (see ``adam_jax.compat``).
       bias_correction: divide the first moment by ``1 - b1^t``.
       b1_decay: :math:`\lambda` of Theorem 4.1, as in :func:`scale_by_adam`.
+      eps_in_max: put ``eps`` inside the max instead, ``u_t = max(b2 * u_{t-1}, |g_t| + eps)`` and
+        ``update = m_hat / u_t`` (the PyTorch and optax convention, see ``adam_jax.compat``).
       mu_dtype: storage dtype of ``m_t`` (default: parameter dtype, at least float32).
       nu_dtype: storage dtype of ``u_t`` (same default, real for complex parameters).
 
@@ -214,6 +229,8 @@ def scale_by_adamax(
     _validate.check_flag("bias_correction", bias_correction)
     _validate.check_dtype("mu_dtype", mu_dtype)
     _validate.check_dtype("nu_dtype", nu_dtype)
+    _validate.check_flag("eps_in_max", eps_in_max)
+    eps_max, eps_out = (eps, 0.0) if eps_in_max else (0.0, eps)
 
     def init_fn(params: optax.Params) -> ScaleByAdamaxState:
         count, mu, nu = _init_moments(params, mu_dtype, nu_dtype, "scale_by_adamax")
@@ -229,10 +246,10 @@ def scale_by_adamax(
         t = _tree.increment(state.count)  # Alg. 2: t <- t + 1
         b1_t = _tree.decay_at(b1, b1_decay, t)  # Thm. 4.1: b1_t = b1 * lambda^(t-1)
         m = _tree.update_moment(g, state.mu, b1_t, 1)  # Alg. 2: m_t = b1*m + (1-b1)*g
-        u = _tree.update_infinity_norm(g, state.nu, b2)  # Alg. 2: u_t = max(b2*u, |g|)
+        u = _tree.update_infinity_norm(g, state.nu, b2, eps_max)  # Alg. 2: u_t = max(b2*u, |g|)
         m_hat = _tree.debias(m, _tree.debiasing(b1, t, b1_decay)) if bias_correction else m
         direction = jax.tree.map(  # Alg. 2: (alpha/(1-b1^t)) * m_t / u_t, and 0 where u_t = 0
-            lambda mh, ut: _tree.safe_divide(mh, (ut + eps).astype(ut.dtype)), m_hat, u
+            lambda mh, ut: _tree.safe_divide(mh, (ut + eps_out).astype(ut.dtype)), m_hat, u
         )
         new_state = ScaleByAdamaxState(
             count=t, mu=_tree.cast_like(m, state.mu), nu=_tree.cast_like(u, state.nu)

@@ -22,13 +22,18 @@ def adam(
     bias_correction=True,
     b1_decay=1.0,
     amsgrad=False,
+    amsgrad_raw_max=False,
     nesterov=False,
 ):
-    """Algorithm 1 (and its variants) on a list of same-shaped gradient arrays."""
+    """Algorithm 1 (and its variants) on a list of same-shaped gradient arrays.
+
+    ``amsgrad_raw_max``: the AMSGrad maximum is of the raw v_t, divided by 1-b2^t afterwards (PyTorch).
+    """
     g0 = np.asarray(grads[0])
     m = np.zeros(g0.shape, np.complex128 if np.iscomplexobj(g0) else np.float64)
     v = np.zeros(g0.shape)
     v_max = np.zeros(g0.shape)
+    v_raw_max = np.zeros(g0.shape)
     prod_b1 = 1.0  # prod_{i<=t} beta_{1,i}
     out = []
     for t, g in enumerate(grads, start=1):
@@ -53,13 +58,19 @@ def adam(
         else:
             v_hat = v / c2
             v_max = np.maximum(v_max, v_hat)
-            den = v_max if amsgrad else v_hat
+            v_raw_max = np.maximum(v_raw_max, v)
+            den = (v_raw_max / c2 if amsgrad_raw_max else v_max) if amsgrad else v_hat
             out.append(m_hat / (np.sqrt(den + eps_root) + eps))
     return out
 
 
-def adamax(grads, b1=0.9, b2=0.999, eps=0.0, *, bias_correction=True, b1_decay=1.0):
-    """Algorithm 2: u_t = max(b2*u, |g|); update m_t/((1-b1^t)(u_t+eps)), 0 where u_t+eps = 0."""
+def adamax(
+    grads, b1=0.9, b2=0.999, eps=0.0, *, bias_correction=True, b1_decay=1.0, eps_in_max=False
+):
+    """Algorithm 2: u_t = max(b2*u, |g|); update m_t/((1-b1^t)(u_t+eps)), 0 where u_t+eps = 0.
+
+    ``eps_in_max``: u_t = max(b2*u, |g| + eps) and update m_t/((1-b1^t) u_t) (PyTorch, optax).
+    """
     g0 = np.asarray(grads[0])
     m = np.zeros(g0.shape, np.complex128 if np.iscomplexobj(g0) else np.float64)
     u = np.zeros(g0.shape)
@@ -70,9 +81,9 @@ def adamax(grads, b1=0.9, b2=0.999, eps=0.0, *, bias_correction=True, b1_decay=1
         b1_t = b1 * b1_decay ** (t - 1)
         prod_b1 *= b1_t
         m = b1_t * m + (1 - b1_t) * g
-        u = np.maximum(b2 * u, np.abs(g))
+        u = np.maximum(b2 * u, np.abs(g) + (eps if eps_in_max else 0.0))
         c1 = 1 - prod_b1 if bias_correction else 1.0
-        den = u + eps
+        den = u if eps_in_max else u + eps
         safe = np.where(den == 0, 1.0, den)
         out.append(np.where(den == 0, 0.0, m / c1 / safe))
     return out
@@ -116,3 +127,26 @@ def gradient_sequence(steps=220, seed=0, dtype=np.float64):
         sparse = rng.normal(size=5) if t == 1 or t % 25 == 0 else np.zeros(5)
         seq.append({"dense": dense.astype(dtype), "sparse": sparse.astype(dtype)})
     return seq
+
+
+def temporal_average(thetas, decay, debias=True):
+    """Section 7.2: theta_bar_t = decay*theta_bar + (1-decay)*theta_t from 0, over /(1-decay^t)."""
+    avg = np.zeros(np.shape(thetas[0]))
+    out = []
+    for t, theta in enumerate(thetas, start=1):
+        avg = decay * avg + (1 - decay) * np.asarray(theta, np.float64)
+        out.append(avg / (1 - decay**t) if debias else avg.copy())
+    return out
+
+
+def adamw_trajectory(theta0, grads, lr, weight_decay, **adam_kwargs):
+    """Decoupled decay (Loshchilov & Hutter): theta -= lr*(adam_update + weight_decay*theta).
+
+    The gradients are a fixed sequence (independent of theta); returns theta_1..theta_T.
+    """
+    theta = np.asarray(theta0, np.float64)
+    out = []
+    for direction in adam(grads, **adam_kwargs):
+        theta = theta - lr * (direction + weight_decay * theta)
+        out.append(theta)
+    return out

@@ -170,3 +170,32 @@ def test_inverse_sqrt_schedule():
     out, _ = run_updates(tx, grads)
     # Constant gradient: the rescaled update is 1 at every step, so the step is -alpha/sqrt(t).
     np.testing.assert_allclose(np.asarray(out["w"][:, 0]), -0.1 / np.sqrt([1, 2, 3, 4]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("eps_hat", [False, True])
+@pytest.mark.parametrize("hyper", ADAM_HYPER, ids=_opt_id)
+def test_adam_amsgrad_raw_max_matches_reference(hyper, eps_hat):
+    options = dict(amsgrad=True, amsgrad_raw_max=True, eps_hat=eps_hat)
+    with jax.enable_x64(True):
+        grads = reference.gradient_sequence(STEPS)
+        ours, _ = run_updates(adam_jax.scale_by_adam(**hyper, **options), grads)
+        ref = reference_per_leaf(reference.adam, grads, **hyper, **options)
+        for k in ref:
+            np.testing.assert_allclose(np.asarray(ours[k]), ref[k], rtol=1e-9, atol=0)
+        # The raw maximum is a different rule from the maximum of v_hat (except with eps_hat).
+        other = reference_per_leaf(reference.adam, grads, **hyper, amsgrad=True, eps_hat=eps_hat)
+        differs = any(not np.allclose(ours[k], other[k], rtol=1e-6) for k in ref)
+        assert differs != eps_hat
+
+
+@pytest.mark.parametrize("eps", [1e-8, 1e-2])
+def test_adamax_eps_in_max_matches_reference(eps):
+    with jax.enable_x64(True):
+        grads = reference.gradient_sequence(STEPS)
+        ours, _ = run_updates(adam_jax.scale_by_adamax(eps=eps, eps_in_max=True), grads)
+        ref = reference_per_leaf(reference.adamax, grads, eps=eps, eps_in_max=True)
+        for k in ref:
+            np.testing.assert_allclose(np.asarray(ours[k]), ref[k], rtol=1e-9, atol=0)
+        if eps >= 1e-2:  # a large eps makes the placement visible
+            outside = reference_per_leaf(reference.adamax, grads, eps=eps)
+            assert not np.allclose(ours["sparse"], outside["sparse"], rtol=1e-6)
