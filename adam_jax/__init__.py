@@ -3,7 +3,9 @@
 from adam_jax.aliases import adam, adamax, adamw
 from adam_jax.averaging import TemporalAveragingState, averaged_params, temporal_averaging
 from adam_jax.checkpoint import checkpoint_fingerprint, restore_checkpoint, save_checkpoint
+from adam_jax.kahan import KahanSummationState, kahan_summation
 from adam_jax.monitor import MonitorState, StepStats, monitor, step_stats
+from adam_jax.quantize import QuantizedMomentsState, quantized_moments
 from adam_jax.schedules import inverse_sqrt_schedule
 from adam_jax.sharding import state_sharding
 from adam_jax.transforms import (
@@ -19,7 +21,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BiasCorrectionState",
+    "KahanSummationState",
     "MonitorState",
+    "QuantizedMomentsState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
     "StepStats",
@@ -31,7 +35,9 @@ __all__ = [
     "bias_correction",
     "checkpoint_fingerprint",
     "inverse_sqrt_schedule",
+    "kahan_summation",
     "monitor",
+    "quantized_moments",
     "restore_checkpoint",
     "save_checkpoint",
     "scale_by_adam",
