@@ -47,6 +47,7 @@ def test_notebook_01_runs(tmp_path, monkeypatch):
     text = outputs_text(nb)
     assert "within strict bound at every step: True" in text
     assert "u_t (AdaMax)" in text
+    assert "max step within the paper's bound at every step: True" in text  # adam_jax.monitor
 
 
 def test_notebook_02_runs_tiny(tmp_path, monkeypatch):
