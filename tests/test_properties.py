@@ -157,8 +157,8 @@ def check_against(grads_seq, ours, expected, magnitude, b1, b2):
     to the reference value, plus the rounding of the moment sums, which is relative to the sum of
     the sizes of their terms: the reference run on |g| (``magnitude``), times the precision of the
     dtype arithmetic runs in (float32, or float64 for float64 leaves). Rounding b to that dtype
-    changes 1 - b by a relative eps/(1 - b), up to 1% for b2 = 0.9999 in float32 (without bias
-    correction nothing cancels it), so that enters the relative part."""
+    changes the weights b^k of the average by a relative k*eps, about eps/(1 - b) over its
+    horizon, so that enters the relative part (a bound; the measured error is far smaller)."""
     for t, (g, u) in enumerate(zip(grads_seq, ours, strict=True)):
         assert jax.tree.structure(u) == jax.tree.structure(g)
         for i, (gl, ul) in enumerate(zip(jax.tree.leaves(g), jax.tree.leaves(u), strict=True)):

@@ -48,7 +48,9 @@ def test_state_is_at_most_2_1_bytes_per_parameter():
     n = sum(x.size for x in jax.tree.leaves(params))
     q8 = state_bytes(quantized_moments(adam_jax.adam(1e-3)).init(params)) / n
     f32 = state_bytes(adam_jax.adam(1e-3).init(params)) / n
-    bf16 = state_bytes(adam_jax.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16).init(params))
+    bf16 = state_bytes(
+        adam_jax.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16).init(params)
+    )
     assert q8 <= 2.1
     assert 8.0 <= f32 < 8.01
     assert 4.0 <= bf16 / n < 4.01
