@@ -158,6 +158,18 @@ def test_explicit_schedule_and_nonfinite_gradients():
     np.testing.assert_array_equal(stats["bias_correction_2"], 1.0)
 
 
+def test_nonfinite_grads_counted_around_apply_if_finite():
+    """The Reliability recipe: the guard skips the step, the monitor says why."""
+    guarded = optax.apply_if_finite(adam_jax.adam(1e-3), max_consecutive_errors=5)
+    tx = adam_jax.monitor(guarded, learning_rate=1e-3, b1=0.9, b2=0.999)
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    updates, state = jax.jit(tx.update)({"w": jnp.array([1.0, jnp.nan, jnp.inf])}, state, params)
+    np.testing.assert_array_equal(np.asarray(updates["w"]), 0.0)
+    assert int(adam_jax.step_stats(state)["nonfinite_grads"]) == 2
+    assert int(state.inner_state.total_notfinite) == 1
+
+
 def test_monitor_errors():
     params = {"w": jnp.ones(2)}
     with pytest.raises(ValueError, match="ScaleByAdamState or ScaleByAdamaxState"):

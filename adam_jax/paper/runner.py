@@ -36,7 +36,7 @@ LABELS = {
     "adadelta": "AdaDelta",
 }
 
-# Learning-rate grids (the paper says "dense grid" and gives none). Quick mode uses two points.
+# Learning-rate grids (the paper says "dense grid" and gives none). Quick mode uses 3-4 points.
 FULL_GRIDS = {
     "adam": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
     "adamax": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
@@ -45,13 +45,13 @@ FULL_GRIDS = {
     "rmsprop": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
     "adadelta": (0.1, 0.3, 1.0, 3.0),
 }
-QUICK_GRIDS = {
-    "adam": (1e-3, 1e-2),
-    "adamax": (2e-3, 2e-2),
-    "sgd_nesterov": (1e-2, 1e-1),
-    "adagrad": (1e-2, 1e-1),
-    "rmsprop": (3e-4, 3e-3),
-    "adadelta": (1.0, 3.0),
+QUICK_GRIDS = {  # half-decade steps, as the full grids, over a narrower range
+    "adam": (1e-3, 3e-3, 1e-2, 3e-2),
+    "adamax": (2e-3, 6e-3, 2e-2, 6e-2),
+    "sgd_nesterov": (1e-2, 3e-2, 1e-1, 3e-1),
+    "adagrad": (1e-2, 3e-2, 1e-1, 3e-1),
+    "rmsprop": (3e-4, 1e-3, 3e-3),
+    "adadelta": (0.3, 1.0, 3.0),
 }
 TINY_GRIDS = {k: v[:1] for k, v in QUICK_GRIDS.items()}
 
