@@ -10,6 +10,10 @@ First moments (and AdaMax's ``u_t``) scale like ``|g|`` and are stored linearly.
 moments scale like ``g^2``, twice the dynamic range in log terms, so they are stored as
 ``sqrt(v)`` (companded): then a second moment underflows to 0 only where the first moment does
 too, and ``m/(sqrt(v) + eps)`` cannot blow up because of the storage.
+
+Values are rounded stochastically (unbiased), with random bits hashed from the step count and the
+element's position: a moving average with decay 0.999 changes by 0.1% a step, far less than the
+float8 spacing, so rounded to nearest it would never move.
 """
 
 from __future__ import annotations
@@ -48,10 +52,42 @@ class BlockQuantized:
         return self.values.size * self.values.dtype.itemsize + self.scales.size * 4
 
 
+def _hash_bits(n: int, seed: jax.Array) -> jax.Array:
+    """n pseudo-random uint32 words from (element index, seed): a cheap integer hash, so the
+    rounding is reproducible (bit-identical resume) and needs no PRNG key in the state."""
+    x = jax.lax.iota(jnp.uint32, n) * jnp.uint32(0x9E3779B9) + seed.astype(jnp.uint32)
+    for shift, mult in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        x = (x ^ (x >> shift)) * jnp.uint32(mult)
+    return x ^ (x >> 16)
+
+
+def _round_stochastically(y: jax.Array, dtype: jnp.dtype, seed: jax.Array) -> jax.Array:
+    """Round float32 ``y`` to the mantissa width of ``dtype`` up or down at random, with the
+    probability that makes the result unbiased (E[round(y)] = y). An exponential moving average
+    with decay 0.999 changes by 0.1% a step, far below float8's 6-12% spacing: rounded to nearest
+    it would never move; rounded stochastically it moves by the right amount on average."""
+    drop = 23 - jnp.finfo(dtype).nmant  # float32 mantissa bits float8 cannot keep
+    mask = jnp.uint32((1 << drop) - 1)
+    bits = jax.lax.bitcast_convert_type(y, jnp.uint32)
+    noise = _hash_bits(y.size, seed).reshape(y.shape) & mask
+    bits = (bits + noise) & ~mask  # add below the kept bits, then truncate the magnitude
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
 def quantize(
-    x: jax.Array, block_size: int, dtype: DTypeLike, *, companded: bool = False
+    x: jax.Array,
+    block_size: int,
+    dtype: DTypeLike,
+    *,
+    companded: bool = False,
+    seed: jax.Array | None = None,
 ) -> BlockQuantized:
-    """Store ``x`` in blocks of ``block_size`` float8 values with a float32 scale per block."""
+    """Store ``x`` in blocks of ``block_size`` float8 values with a float32 scale per block.
+
+    With ``seed`` (an integer scalar) the values are rounded stochastically (unbiased), else to
+    nearest.
+    """
+    dtype = jnp.dtype(dtype)
     n = x.size
     block = max(1, min(block_size, n))
     blocks = -(-n // block)
@@ -60,9 +96,12 @@ def quantize(
     if companded:  # sqrt companding: the stored dynamic range covers g^2's
         y = jnp.sign(y) * jnp.sqrt(jnp.abs(y))
     absmax = jnp.max(jnp.abs(y), axis=1)
-    scales = jnp.where(absmax > 0, absmax / float(jnp.finfo(dtype).max), 1.0)
-    values = (y / scales[:, None]).astype(dtype)
-    return BlockQuantized(values, scales, x.shape, x.dtype, companded)
+    top = float(jnp.finfo(dtype).max)
+    scales = jnp.where(absmax > 0, absmax / top, 1.0)
+    y = y / scales[:, None]
+    if seed is not None:
+        y = jnp.clip(_round_stochastically(y, dtype, seed), -top, top)
+    return BlockQuantized(y.astype(dtype), scales, x.shape, x.dtype, companded)
 
 
 def dequantize(q: BlockQuantized) -> jax.Array:
@@ -85,17 +124,27 @@ def _is_moment_state(x: Any) -> bool:
 
 
 def _map_moments(state: Any, on_mu, on_nu) -> Any:
-    """Apply ``on_mu``/``on_nu`` to every first/second-moment leaf of every Adam/AdaMax state."""
+    """Apply ``on_mu(x, salt)``/``on_nu(x, salt)`` to every first/second-moment leaf of every
+    Adam/AdaMax state; ``salt`` combines the state's step count with the leaf's position."""
+    counter = iter(range(1 << 30))
+
+    def moments(tree: Any, fn, count: jax.Array) -> Any:
+        def one(x: jax.Array) -> Any:
+            return fn(x, count.astype(jnp.uint32) * jnp.uint32(0x27D4EB2F) + next(counter))
+
+        return jax.tree.map(one, tree)
 
     def one(node: Any) -> Any:
         if isinstance(node, ScaleByAdamState):
+            c = node.count
             return node._replace(
-                mu=jax.tree.map(on_mu, node.mu),
-                nu=jax.tree.map(on_nu, node.nu),
-                nu_max=jax.tree.map(on_nu, node.nu_max),
+                mu=moments(node.mu, on_mu, c),
+                nu=moments(node.nu, on_nu, c),
+                nu_max=moments(node.nu_max, on_nu, c),
             )
         if isinstance(node, ScaleByAdamaxState):  # u_t scales like |g|: linear, as mu
-            return node._replace(mu=jax.tree.map(on_mu, node.mu), nu=jax.tree.map(on_mu, node.nu))
+            c = node.count
+            return node._replace(mu=moments(node.mu, on_mu, c), nu=moments(node.nu, on_mu, c))
         return node
 
     return jax.tree.map(one, state, is_leaf=_is_moment_state)
@@ -135,8 +184,8 @@ def quantized_moments(
     def pack(state: Any) -> Any:
         return _map_moments(
             state,
-            lambda m: quantize(m, block_size, dtype),
-            lambda v: quantize(v, block_size, dtype, companded=True),
+            lambda m, salt: quantize(m, block_size, dtype, seed=salt),
+            lambda v, salt: quantize(v, block_size, dtype, companded=True, seed=salt),
         )
 
     def unpack(state: Any) -> Any:

@@ -90,14 +90,40 @@ def test_bad_arguments(bad):
         quantized_moments(adam_jax.adam(), **bad)
 
 
+def test_stochastic_rounding_is_unbiased_and_lets_a_slow_average_move():
+    x = jnp.full((1, 4096), 0.3)  # between float8 neighbours of its block grid
+    x = x.at[0, 0].set(1.0)  # the block's absmax, stored exactly
+    means = [
+        float(jnp.mean(dequantize(quantize(x, 4096, jnp.float8_e4m3fn, seed=jnp.uint32(s)))[0, 1:]))
+        for s in range(8)
+    ]
+    nearest = float(jnp.mean(dequantize(quantize(x, 4096, jnp.float8_e4m3fn))[0, 1:]))
+    assert abs(np.mean(means) - 0.3) < 2e-4  # unbiased
+    assert abs(nearest - 0.3) > 5e-3  # rounding to nearest is off by the grid's offset
+    # Elements decaying by 0.999 a step beside a block maximum that stays: rounded to nearest
+    # they never move (0.999 x rounds back to x), stochastically they decay as they should.
+    v_sr = v_rn = x
+    for step in range(200):
+        v_sr = dequantize(quantize(0.999 * v_sr, 4096, jnp.float8_e4m3fn, seed=jnp.uint32(step)))
+        v_rn = dequantize(quantize(0.999 * v_rn, 4096, jnp.float8_e4m3fn))
+        v_sr, v_rn = v_sr.at[0, 0].set(1.0), v_rn.at[0, 0].set(1.0)
+    assert float(jnp.min(v_rn[0, 1:])) > 0.28  # stuck near 0.3; the true value is 0.2456
+    np.testing.assert_allclose(float(jnp.mean(v_sr[0, 1:])), 0.3 * 0.999**200, rtol=0.02)
+
+
 @pytest.mark.parametrize("name", ["mlp", "vae"])
 def test_final_training_loss_within_one_percent_of_float32_state(name):
-    """The paper's MLP (Section 6.2) and VAE (Section 6.4) on the digits, 30 epochs of Adam."""
+    """The paper's MLP (Section 6.2) and VAE (Section 6.4) on the digits, 30 epochs of Adam.
+
+    The final loss is the mean of the last 5 epochs over seeds 0-2: single runs of the MLP (with
+    dropout) differ by 1-2% from any perturbation, e.g. eps = 1.01e-8 instead of 1e-8.
+    """
     ds = data.load("mnist")
     model = models.mlp(64, 10) if name == "mlp" else models.vae(64)
     hp = {"lr": np.array([1e-3])}
     losses = {}
     for kind, wrap in [("f32", lambda tx: tx), ("8bit", quantized_moments)]:
         make = lambda h, wrap=wrap: wrap(adam_jax.adam(h["lr"]))
-        losses[kind] = train.train_runs(model, ds.x, ds.y, make, hp, epochs=30, seed=0)[0, -1]
+        runs = [train.train_runs(model, ds.x, ds.y, make, hp, epochs=30, seed=s) for s in range(3)]
+        losses[kind] = np.mean([r[0, -5:].mean() for r in runs])
     assert abs(losses["8bit"] - losses["f32"]) <= 0.01 * losses["f32"], losses
