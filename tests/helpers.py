@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 
 def run_updates(tx, grads_seq, params=None):
@@ -42,3 +43,39 @@ def assert_normwise_close(ours, ref, rtol):
             assert err <= rtol * scale + 1e-300, (
                 f"leaf {k!r} step {t + 1}: normwise error {err / max(scale, 1e-300):.3e} > {rtol}"
             )
+
+
+def param_trajectory(tx, grads_seq, params0):
+    """Apply ``tx`` and ``optax.apply_updates`` along a gradient sequence (one jitted scan).
+
+    Returns the stacked parameters after every step and the final optimizer state."""
+    stacked = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *grads_seq)
+
+    @jax.jit
+    def run(stacked_grads):
+        def body(carry, g):
+            params, state = carry
+            updates, state = tx.update(g, state, params)
+            params = optax.apply_updates(params, updates)
+            return (params, state), params
+
+        (_, state), thetas = jax.lax.scan(body, (params0, tx.init(params0)), stacked_grads)
+        return thetas, state
+
+    return run(stacked)
+
+
+def minimize(tx, loss, x0, steps):
+    """``steps`` updates of ``tx`` on the gradient of ``loss`` from ``x0`` (one jitted scan)."""
+
+    @jax.jit
+    def run(x):
+        def body(carry, _):
+            x, state = carry
+            updates, state = tx.update(jax.grad(loss)(x), state, x)
+            return (optax.apply_updates(x, updates), state), None
+
+        (x, _), _ = jax.lax.scan(body, (x, tx.init(x)), None, length=steps)
+        return x
+
+    return run(x0)

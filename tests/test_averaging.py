@@ -10,6 +10,7 @@ import pytest
 
 import adam_jax
 from tests import reference
+from tests.helpers import param_trajectory
 
 STEPS = 120
 
@@ -119,19 +120,9 @@ def test_adamw_matches_reference_and_optax():
 
 
 def _final_params(tx, grads_seq, params0):
-    """Parameters after running ``tx`` over the gradient sequence (one jitted scan)."""
-    stacked = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *grads_seq)
-
-    @jax.jit
-    def run(stacked_grads):
-        def body(carry, g):
-            params, state = carry
-            updates, state = tx.update(g, state, params)
-            return (optax.apply_updates(params, updates), state), None
-
-        return jax.lax.scan(body, (params0, tx.init(params0)), stacked_grads)[0][0]
-
-    return {k: np.asarray(v) for k, v in run(stacked).items()}
+    """Parameters after running ``tx`` over the gradient sequence."""
+    thetas, _ = param_trajectory(tx, grads_seq, params0)
+    return jax.tree.map(lambda x: x[-1], thetas)
 
 
 @pytest.mark.parametrize("options", [dict(), dict(nesterov=True), dict(eps_root=1e-8)])

@@ -17,13 +17,13 @@ import jax
 import jax.numpy as jnp
 import keras
 import numpy as np
-import optax
 import pytest
 import torch
 
 import adam_jax
 from adam_jax import compat
 from tests import reference
+from tests.helpers import param_trajectory
 
 STEPS = 300
 RTOL = 1e-5
@@ -51,20 +51,9 @@ def problem():
 
 def run_ours(tx, theta0, grads):
     """The trajectory theta_1..theta_T under ``tx`` (one jitted scan), as NumPy per leaf."""
-    stacked = {k: jnp.stack([g[k] for g in grads]) for k in KEYS}
     params0 = {k: jnp.asarray(v) for k, v in theta0.items()}
-
-    @jax.jit
-    def run(stacked_grads):
-        def body(carry, g):
-            params, state = carry
-            updates, state = tx.update(g, state, params)
-            params = optax.apply_updates(params, updates)
-            return (params, state), params
-
-        return jax.lax.scan(body, (params0, tx.init(params0)), stacked_grads)[1]
-
-    return {k: np.asarray(v) for k, v in run(stacked).items()}
+    thetas, _ = param_trajectory(tx, [{k: g[k] for k in KEYS} for g in grads], params0)
+    return {k: np.asarray(v) for k, v in thetas.items()}
 
 
 def run_torch(cls, kwargs, theta0, grads):

@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import adam_jax
 from adam_jax.kahan import kahan_summation
+from tests.helpers import minimize
 
 TARGET = np.array([1.3, 0.4, 1.9, 1.05], np.float32)
 
 
 def _train(tx, dtype, steps=3000):
-    params = jnp.ones(4, dtype)
     target = jnp.asarray(TARGET)
-
-    def loss(p):
-        return jnp.sum((p.astype(jnp.float32) - target) ** 2)
-
-    @jax.jit
-    def run(p):
-        def body(carry, _):
-            p, s = carry
-            u, s = tx.update(jax.grad(loss)(p), s, p)
-            return (optax.apply_updates(p, u), s), None
-
-        (p, _), _ = jax.lax.scan(body, (p, tx.init(p)), None, length=steps)
-        return p
-
-    return np.asarray(run(params), np.float32)
+    loss = lambda p: jnp.sum((p.astype(jnp.float32) - target) ** 2)
+    return np.asarray(minimize(tx, loss, jnp.ones(4, dtype), steps), np.float32)
 
 
 def test_bfloat16_with_kahan_reaches_float32_result():

@@ -6,12 +6,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import adam_jax
 from tests import reference
-from tests.helpers import run_updates
+from tests.helpers import minimize, run_updates
 
 ALPHA = 1e-2
 
@@ -85,20 +84,6 @@ def test_adamax_step_at_most_alpha():
         assert float(jnp.max(jnp.abs(steps["w"]))) <= ALPHA * (1 + 1e-6)
 
 
-def _minimize(tx, loss, x0, steps):
-    @jax.jit
-    def run(x):
-        def body(carry, _):
-            x, state = carry
-            updates, state = tx.update(jax.grad(loss)(x), state, x)
-            return (optax.apply_updates(x, updates), state), None
-
-        (x, _), _ = jax.lax.scan(body, (x, tx.init(x)), None, length=steps)
-        return x
-
-    return run(x0)
-
-
 @pytest.mark.parametrize(
     "tx",
     [
@@ -113,12 +98,12 @@ def test_converges_on_a_parabola(tx):
     target = jnp.array([3.0, -2.0, 0.5])
     scales = jnp.array([1.0, 10.0, 100.0])
     loss = lambda x: jnp.sum(scales * (x - target) ** 2)
-    x = _minimize(tx, loss, jnp.zeros(3), 2000)
+    x = minimize(tx, loss, jnp.zeros(3), 2000)
     np.testing.assert_allclose(np.asarray(x), np.asarray(target), atol=1e-2)
 
 
 @pytest.mark.parametrize("tx", [adam_jax.adam(2e-2), adam_jax.adamax(2e-2)], ids=["adam", "adamax"])
 def test_converges_on_rosenbrock(tx):
     loss = lambda x: (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
-    x = _minimize(tx, loss, jnp.array([-1.5, 2.0]), 20000)
+    x = minimize(tx, loss, jnp.array([-1.5, 2.0]), 20000)
     np.testing.assert_allclose(np.asarray(x), [1.0, 1.0], atol=1e-2)
