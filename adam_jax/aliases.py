@@ -18,6 +18,25 @@ def _with_learning_rate(
     return optax.chain(rescaler, optax.scale_by_learning_rate(learning_rate))
 
 
+_ADAM_KEYWORDS = (
+    "eps_root",
+    "eps_hat",
+    "bias_correction",
+    "b1_decay",
+    "amsgrad",
+    "nesterov",
+    "mu_dtype",
+    "nu_dtype",
+)
+
+
+def _scale_by_adam_from(arguments: dict[str, Any]) -> optax.GradientTransformation:
+    """scale_by_adam from an alias's arguments. The aliases spell out every keyword in their own
+    signatures (``optax.inject_hyperparams`` reads them there) and build the rescaler here."""
+    options = {k: arguments[k] for k in _ADAM_KEYWORDS}
+    return transforms.scale_by_adam(arguments["b1"], arguments["b2"], arguments["eps"], **options)
+
+
 def adam(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
     b1: ArrayLike = 0.9,
@@ -40,19 +59,7 @@ def adam(
     of Section 4. Explicit keywords (rather than ``**kwargs``) let ``optax.inject_hyperparams``
     see every hyperparameter.
     """
-    rescaler = transforms.scale_by_adam(
-        b1,
-        b2,
-        eps,
-        eps_root=eps_root,
-        eps_hat=eps_hat,
-        bias_correction=bias_correction,
-        b1_decay=b1_decay,
-        amsgrad=amsgrad,
-        nesterov=nesterov,
-        mu_dtype=mu_dtype,
-        nu_dtype=nu_dtype,
-    )
+    rescaler = _scale_by_adam_from(locals())
     return _with_learning_rate(rescaler, learning_rate)
 
 
@@ -117,19 +124,7 @@ def adamw(
     """
     _validate.check_nonnegative("weight_decay", weight_decay)
     _validate.check_learning_rate(learning_rate)
-    rescaler = transforms.scale_by_adam(
-        b1,
-        b2,
-        eps,
-        eps_root=eps_root,
-        eps_hat=eps_hat,
-        bias_correction=bias_correction,
-        b1_decay=b1_decay,
-        amsgrad=amsgrad,
-        nesterov=nesterov,
-        mu_dtype=mu_dtype,
-        nu_dtype=nu_dtype,
-    )
+    rescaler = _scale_by_adam_from(locals())
     return optax.chain(
         rescaler,
         optax.add_decayed_weights(weight_decay, mask),
