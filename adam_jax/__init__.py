@@ -17,7 +17,18 @@ from adam_jax.transforms import (
     scale_by_adamax,
 )
 
-__version__ = "0.1.0"
+
+def _installed_version() -> str:
+    """The version of the installed distribution (pyproject.toml is the only place it is written)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("adam-jax")
+    except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _installed_version()
 
 __all__ = [
     "BiasCorrectionState",

@@ -15,7 +15,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from jax.experimental.shard_alike import shard_alike
 from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _validate
@@ -59,18 +58,24 @@ def check_float_params(params: PyTree, where: str) -> None:
 def zeros_like(tree: PyTree, dtype_of: Callable[[jnp.dtype], jnp.dtype]) -> PyTree:
     """Zeros shaped and sharded like each leaf of ``tree``, in ``dtype_of(leaf.dtype)``.
 
-    This is where every moment buffer is created. A concrete array hands its sharding to
-    ``jnp.zeros_like``. A traced leaf under ``jit`` on a mesh with ``AxisType.Auto`` carries no
-    sharding, and zeros built from its shape alone are tied to nothing, so XLA would place them on
-    a single device. ``shard_alike`` puts each buffer in its parameter's sharding group, so the
-    partitioner gives it the parameter's sharding: optimizer state follows the model's sharding.
+    This is where every moment buffer is created, so this is where optimizer state learns the
+    model's sharding. A ``jax.Array`` leaf (a traced one under ``jit`` included) gets zeros computed
+    *from its data*, ``where(isfinite(x), |x|*0, 0)``: the result depends on ``x`` elementwise, so
+    the partitioner gives it ``x``'s sharding. Zeros built from the shape alone (``jnp.zeros_like``
+    of a tracer) depend on nothing, and under ``jit`` on a mesh with ``AxisType.Auto`` XLA places
+    them on one device. This needs only stable JAX (no ``jax.experimental.shard_alike``, which JAX
+    0.11 removed) and costs one read of the parameters at ``init``. ``|x|*0`` is +0 also for
+    negative ``x``; the ``where`` turns inf and NaN parameters into 0 as well.
+
+    Python scalars and NumPy arrays (which carry no sharding) get plain ``jnp.zeros``.
     """
 
     def one(x: ArrayLike) -> jax.Array:
-        zeros = jnp.zeros_like(x, dtype=dtype_of(jnp.result_type(x)))
-        if isinstance(x, jax.core.Tracer):
-            _, zeros = shard_alike(x, zeros)
-        return zeros
+        dtype = dtype_of(jnp.result_type(x))
+        if not isinstance(x, jax.Array):
+            return jnp.zeros(jnp.shape(x), dtype)
+        zeros = jnp.where(jnp.isfinite(x), jnp.abs(x) * 0, 0)  # real, tied to x's layout
+        return zeros.astype(dtype)
 
     return jax.tree.map(one, tree)
 
@@ -81,8 +86,19 @@ def cast_like(tree: PyTree, like: PyTree) -> PyTree:
 
 
 def cast_to_updates(tree: PyTree, updates: PyTree) -> PyTree:
-    """Cast each leaf of ``tree`` to the dtype of the incoming gradient leaf (outgoing updates)."""
-    return jax.tree.map(lambda x, g: x.astype(jnp.result_type(g)), tree, updates)
+    """Cast each leaf of ``tree`` to the dtype of the incoming gradient leaf (outgoing updates).
+
+    A real gradient of a complex parameter gets a real update: its complex moments then have a
+    zero imaginary part, and the real part is taken explicitly (not by a lossy cast).
+    """
+
+    def one(x: jax.Array, g: ArrayLike) -> jax.Array:
+        dtype = jnp.result_type(g)
+        if jnp.iscomplexobj(x) and not jnp.issubdtype(dtype, jnp.complexfloating):
+            x = jnp.real(x)
+        return x.astype(dtype)
+
+    return jax.tree.map(one, tree, updates)
 
 
 def _abs_pow(g: jax.Array, order: int) -> jax.Array:
@@ -97,8 +113,9 @@ def _abs_pow(g: jax.Array, order: int) -> jax.Array:
 def update_moment(updates: PyTree, moments: PyTree, decay: ArrayLike, order: int) -> PyTree:
     """m <- decay*m + (1-decay)*g (order 1) or v <- decay*v + (1-decay)*|g|^2 (order 2)."""
 
-    def one(g: jax.Array, m: jax.Array) -> jax.Array:
-        dtype = compute_dtype(jnp.result_type(g), m.dtype)
+    def one(g: ArrayLike, m: ArrayLike) -> jax.Array:
+        g, m = jnp.asarray(g), jnp.asarray(m)
+        dtype = compute_dtype(g.dtype, m.dtype)
         g = g.astype(dtype)
         x = g if order == 1 else _abs_pow(g, order)
         return _as_real(decay, x.dtype) * m.astype(x.dtype) + _one_minus(decay, x.dtype) * x
@@ -114,8 +131,9 @@ def update_infinity_norm(
     ``eps = 0`` is Algorithm 2; a positive ``eps`` inside the max is the PyTorch/optax convention.
     """
 
-    def one(g: jax.Array, u: jax.Array) -> jax.Array:
-        dtype = compute_dtype(jnp.result_type(g), u.dtype)
+    def one(g: ArrayLike, u: ArrayLike) -> jax.Array:
+        g, u = jnp.asarray(g), jnp.asarray(u)
+        dtype = compute_dtype(g.dtype, u.dtype)
         mag = jnp.abs(g.astype(dtype))
         if not (_validate.is_concrete_number(eps) and float(eps) == 0.0):
             mag = mag + _as_real(eps, mag.dtype)
@@ -165,7 +183,7 @@ def debiasing(decay: ArrayLike, count: jax.Array, decay_rate: ArrayLike = 1.0) -
 
 def debias(moments: PyTree, correction: ArrayLike) -> PyTree:
     """Divide each leaf by the bias correction (m_hat = m / (1 - beta^t))."""
-    return jax.tree.map(lambda m: m / _as_real(correction, m.dtype), moments)
+    return jax.tree.map(lambda m: jnp.asarray(m) / _as_real(correction, jnp.result_type(m)), moments)
 
 
 def safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adam_jax import _extras
 from adam_jax.sharding import state_sharding
 
 PyTree = Any
@@ -33,12 +34,9 @@ _MAX_LISTED = 8
 
 
 def _orbax():
-    try:
-        import orbax.checkpoint as ocp
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "adam_jax checkpoints need orbax-checkpoint: pip install 'adam-jax[checkpoint]'"
-        ) from err
+    _extras.require("checkpoint", "adam_jax checkpoints")
+    import orbax.checkpoint as ocp
+
     return ocp
 
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from adam_jax import _extras
+
 
 def _demo(args: argparse.Namespace) -> int:
     from adam_jax import demo
@@ -26,9 +28,18 @@ def _bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+def _version() -> str:
+    import adam_jax
+
+    return adam_jax.__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adam-jax", description="Adam (Kingma & Ba, 2015) for JAX, exactly as the paper."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"adam-jax {_version()}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train a small logistic regression with adam_jax.adam")
@@ -43,13 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = sub.add_parser(
         "reproduce", help="run the paper's Section 6 experiments (figures 1-4)"
     )
-    try:
-        from adam_jax.paper import cli as paper_cli
-    except ImportError as err:  # the paper extra (matplotlib, tqdm, scikit-learn) is missing
-        message = f"{err}. Install the paper extra: pip install 'adam-jax[paper]'"
-        reproduce.set_defaults(func=lambda args: parser.exit(1, f"error: {message}\n"))
+    missing = _extras.missing_message("paper", "adam-jax reproduce")
+    if missing is not None:  # still listed in --help; running it prints how to install the extra
         reproduce.add_argument("rest", nargs=argparse.REMAINDER)
+        reproduce.set_defaults(func=lambda args: parser.exit(2, f"error: {missing}\n"))
     else:
+        from adam_jax.paper import cli as paper_cli
+
         paper_cli.add_arguments(reproduce)
         reproduce.set_defaults(func=_reproduce)
     return parser

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 from adam_jax import _tree
 
@@ -34,6 +35,7 @@ def kahan_summation() -> optax.GradientTransformation:
     """
 
     def init_fn(params: optax.Params) -> KahanSummationState:
+        _tree.check_float_params(params, "kahan_summation")
         return KahanSummationState(compensation=_tree.zeros_like(params, lambda d: d))
 
     def update_fn(
@@ -44,7 +46,8 @@ def kahan_summation() -> optax.GradientTransformation:
                 "kahan_summation needs the parameters: call tx.update(updates, state, params)."
             )
 
-        def one(u: jax.Array, c: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
+        def one(u: ArrayLike, c: ArrayLike, p: ArrayLike) -> tuple[jax.Array, jax.Array]:
+            u, c, p = jnp.asarray(u), jnp.asarray(c), jnp.asarray(p)
             wide = _tree.compute_dtype(jnp.result_type(u), p.dtype)
             p_wide = p.astype(wide)
             exact = p_wide + (u.astype(wide) + c.astype(wide))
