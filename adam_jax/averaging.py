@@ -77,7 +77,10 @@ def temporal_averaging(
             )
         t = _tree.increment(state.count)
         theta = jax.tree.map(  # Sec. 7.2: theta_t = theta_{t-1} + update
-            lambda p, u, a: p.astype(a.dtype) + u.astype(a.dtype), params, updates, state.average
+            lambda p, u, a: jnp.asarray(p, a.dtype) + jnp.asarray(u, a.dtype),
+            params,
+            updates,
+            state.average,
         )
         average = _tree.update_moment(theta, state.average, decay, 1)  # Sec. 7.2: theta_bar_t
         correction = _tree.debiasing(decay, t) if debias else 1.0  # Sec. 3: 1 - decay^t

@@ -93,8 +93,17 @@ def test_sharding_tests_pass_without_shard_alike(tmp_path):
     env.pop("PYTEST_XDIST_WORKER", None)
     modules = ["tests/test_sharding.py"]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         *modules],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            *modules,
+        ],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
