@@ -1,9 +1,16 @@
 """Tree math shared by every transformation: moments, the infinity norm, debiasing, dtypes.
 
 Each function maps over a pytree of arrays. ``None`` leaves are empty subtrees for ``jax.tree.map``,
-so they pass through untouched. Arithmetic is done in at least float32 ("compute dtype") so that
-float16/bfloat16 gradients cannot underflow ``eps`` or overflow ``g**2``; results are cast back to
-the storage dtype only when a moment is written into the optimizer state.
+so they pass through untouched. Arithmetic is done in at least float32 ("compute dtype"), so
+float16/bfloat16 gradients do not underflow ``eps``; results are cast back to the storage dtype only
+when a moment is written into the optimizer state.
+
+Overflow. ``(1-b2)*g**2`` is formed as ``(sqrt(1-b2)*g)**2``, which stays finite whenever the
+result is representable (a float32 gradient of 1e20 gives v = 1e37 where ``g*g`` would overflow).
+Where even that overflows (|g| >= ~6e20 in float32 with b2 = 0.999), and where a moment is
+written to a narrower storage dtype (float16 holds at most 65504), the moment *saturates* at the
+dtype's largest finite value instead of becoming inf: an inf in v could never decay, and the
+parameter would never move again. A saturated moment decays back by its beta each step.
 """
 
 from __future__ import annotations
@@ -80,9 +87,18 @@ def zeros_like(tree: PyTree, dtype_of: Callable[[jnp.dtype], jnp.dtype]) -> PyTr
     return jax.tree.map(one, tree)
 
 
+def saturate(x: jax.Array, dtype: DTypeLike) -> jax.Array:
+    """``x`` clipped to the finite range of the real floating ``dtype`` (NaN stays NaN)."""
+    if not jnp.issubdtype(dtype, jnp.floating) or jnp.iscomplexobj(x):
+        return x
+    largest = jnp.asarray(min(float(jnp.finfo(dtype).max), float(jnp.finfo(x.dtype).max)), x.dtype)
+    return jnp.clip(x, -largest, largest)
+
+
 def cast_like(tree: PyTree, like: PyTree) -> PyTree:
-    """Cast each leaf of ``tree`` to the dtype of the matching leaf of ``like`` (state storage)."""
-    return jax.tree.map(lambda x, ref: x.astype(ref.dtype), tree, like)
+    """Cast each leaf of ``tree`` to the dtype of the matching leaf of ``like`` (state storage),
+    saturating at the storage dtype's largest finite value (see the module docstring)."""
+    return jax.tree.map(lambda x, ref: saturate(x, ref.dtype).astype(ref.dtype), tree, like)
 
 
 def cast_to_updates(tree: PyTree, updates: PyTree) -> PyTree:
@@ -111,14 +127,23 @@ def _abs_pow(g: jax.Array, order: int) -> jax.Array:
 
 
 def update_moment(updates: PyTree, moments: PyTree, decay: ArrayLike, order: int) -> PyTree:
-    """m <- decay*m + (1-decay)*g (order 1) or v <- decay*v + (1-decay)*|g|^2 (order 2)."""
+    """m <- decay*m + (1-decay)*g (order 1) or v <- decay*v + (1-decay)*|g|^2 (order 2).
+
+    For order 2 the new term is ``|sqrt(1-decay)*g|^2`` and the result saturates at the compute
+    dtype's largest finite value (see the module docstring).
+    """
+    if order not in (1, 2):
+        raise ValueError(f"update_moment: order must be 1 or 2, got {order}.")
 
     def one(g: ArrayLike, m: ArrayLike) -> jax.Array:
         g, m = jnp.asarray(g), jnp.asarray(m)
         dtype = compute_dtype(g.dtype, m.dtype)
         g = g.astype(dtype)
-        x = g if order == 1 else _abs_pow(g, order)
-        return _as_real(decay, x.dtype) * m.astype(x.dtype) + _one_minus(decay, x.dtype) * x
+        if order == 1:
+            return _as_real(decay, dtype) * m.astype(dtype) + _one_minus(decay, dtype) * g
+        x = _abs_pow(_sqrt_one_minus(decay, dtype) * g, 2)  # (1-decay)|g|^2, overflow-safe
+        v = _as_real(decay, x.dtype) * m.astype(x.dtype) + x
+        return jnp.minimum(v, jnp.finfo(x.dtype).max)  # saturate instead of inf
 
     return jax.tree.map(one, updates, moments)
 
@@ -183,7 +208,9 @@ def debiasing(decay: ArrayLike, count: jax.Array, decay_rate: ArrayLike = 1.0) -
 
 def debias(moments: PyTree, correction: ArrayLike) -> PyTree:
     """Divide each leaf by the bias correction (m_hat = m / (1 - beta^t))."""
-    return jax.tree.map(lambda m: jnp.asarray(m) / _as_real(correction, jnp.result_type(m)), moments)
+    return jax.tree.map(
+        lambda m: jnp.asarray(m) / _as_real(correction, jnp.result_type(m)), moments
+    )
 
 
 def safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
@@ -207,6 +234,14 @@ def _one_minus(value: ArrayLike, dtype: DTypeLike) -> jax.Array:
     if _validate.is_concrete_number(value):
         return jnp.asarray(1.0 - float(value), real)
     return 1 - jnp.asarray(value).astype(real)
+
+
+def _sqrt_one_minus(value: ArrayLike, dtype: DTypeLike) -> jax.Array:
+    """sqrt(1 - value) in the real dtype matching ``dtype`` (float64 arithmetic for numbers)."""
+    real = jnp.finfo(dtype).dtype
+    if _validate.is_concrete_number(value):
+        return jnp.asarray(math.sqrt(1.0 - float(value)), real)
+    return jnp.sqrt(1 - jnp.asarray(value).astype(real))
 
 
 def _log(value: ArrayLike) -> ArrayLike:

@@ -3,9 +3,10 @@
 Python and NumPy numbers are checked once, when a transformation is built: a value out of range
 raises ``ValueError`` naming the argument, the value and the allowed range; a value of the wrong
 kind (a string, a bool, a complex number, an array with more than one element) raises ``TypeError``.
-JAX scalars and tracers (for example hyperparameters injected by ``optax.inject_hyperparams``) are
-checked for shape and dtype only, which is static, so changing their value never forces a
-recompilation or a device-to-host transfer.
+Concrete JAX scalars (for example hyperparameters injected by ``optax.inject_hyperparams``, at an
+eager ``init`` or ``update``) get the same range checks. Tracers (the same values inside ``jit``)
+are checked for shape and dtype only, which is static, so changing their value never forces a
+recompilation or a device-to-host transfer; an out-of-range traced value is not detected.
 
 Every public constructor of the package calls these helpers, for example::
 
@@ -37,6 +38,16 @@ def is_concrete_number(value: Any) -> bool:
     if isinstance(value, (int, float, np.integer, np.floating)):
         return True
     return isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf"
+
+
+def _is_concrete_jax_scalar(value: Any) -> bool:
+    """A JAX scalar whose value is known now (not a tracer inside ``jit``/``grad``/``vmap``)."""
+    return (
+        isinstance(value, jax.Array)
+        and not isinstance(value, jax.core.Tracer)
+        and jnp.ndim(value) == 0
+        and value.is_fully_addressable
+    )
 
 
 def check_real_scalar(name: str, value: Any) -> None:
@@ -77,9 +88,13 @@ def check_interval(
     (:func:`check_real_scalar`).
     """
     check_real_scalar(name, value)
-    if not is_concrete_number(value):
+    if is_concrete_number(value):
+        x, shown = float(value), repr(value)
+    elif _is_concrete_jax_scalar(value):  # e.g. optax.inject_hyperparams outside jit
+        x = float(value)
+        shown = f"{x:.7g} (a JAX array)"
+    else:  # traced: its value is not known until run time; nothing to check without a sync
         return
-    x = float(value)
     below = x <= low if low_open else x < low
     above = x >= high if high_open else x > high
     if not math.isfinite(x) or below or above:
@@ -87,7 +102,7 @@ def check_interval(
         right = ")" if high_open or math.isinf(high) else "]"
         upper = "inf" if math.isinf(high) else f"{high:g}"
         raise ValueError(
-            f"{name}={value!r} is out of range: {name} must lie in {left}{low:g}, {upper}{right}."
+            f"{name}={shown} is out of range: {name} must lie in {left}{low:g}, {upper}{right}."
         )
 
 

@@ -70,8 +70,10 @@ def test_wrong_kind_of_hyperparameter_is_a_type_error(value, kind):
     assert str(err.value) == f"b1={value!r} must be a real number; got {kind}."
 
 
-def test_jax_values_are_checked_for_shape_and_dtype_only():
-    _validate.check_decay("b1", jnp.float32(5.0))  # a JAX scalar: value not looked at
+def test_jax_values_are_checked_for_range_when_concrete_and_for_shape_and_dtype_when_traced():
+    _validate.check_decay("b1", jnp.float32(0.5))
+    with pytest.raises(ValueError, match=r"b1=5 \(a JAX array\) is out of range"):
+        _validate.check_decay("b1", jnp.float32(5.0))  # concrete: its value is known now
     with pytest.raises(
         TypeError, match=r"b1 must be a real scalar; got a JAX array of shape \(3,\)"
     ):
@@ -82,12 +84,12 @@ def test_jax_values_are_checked_for_shape_and_dtype_only():
     seen = []
 
     @jax.jit
-    def f(b1):  # a tracer is neither concretised nor rejected
+    def f(b1):  # a tracer is neither concretised nor rejected (even out of range)
         _validate.check_decay("b1", b1)
         seen.append(type(b1))
         return b1
 
-    assert float(f(0.5)) == 0.5
+    assert float(f(5.0)) == 5.0
     assert issubclass(seen[0], jax.core.Tracer)
 
 
