@@ -88,10 +88,16 @@ def zeros_like(tree: PyTree, dtype_of: Callable[[jnp.dtype], jnp.dtype]) -> PyTr
 
 
 def saturate(x: jax.Array, dtype: DTypeLike) -> jax.Array:
-    """``x`` clipped to the finite range of the real floating ``dtype`` (NaN stays NaN)."""
+    """``x`` clipped to the finite range of the real floating ``dtype`` (NaN stays NaN).
+
+    Only a narrower ``dtype`` clips: a finite value of ``x``'s own range converts without
+    overflow, and an extra clip there would make XLA keep two versions of every moment.
+    """
     if not jnp.issubdtype(dtype, jnp.floating) or jnp.iscomplexobj(x):
         return x
-    largest = jnp.asarray(min(float(jnp.finfo(dtype).max), float(jnp.finfo(x.dtype).max)), x.dtype)
+    if float(jnp.finfo(dtype).max) >= float(jnp.finfo(x.dtype).max):
+        return x
+    largest = jnp.asarray(jnp.finfo(dtype).max, x.dtype)
     return jnp.clip(x, -largest, largest)
 
 
@@ -143,7 +149,10 @@ def update_moment(updates: PyTree, moments: PyTree, decay: ArrayLike, order: int
             return _as_real(decay, dtype) * m.astype(dtype) + _one_minus(decay, dtype) * g
         x = _abs_pow(_sqrt_one_minus(decay, dtype) * g, 2)  # (1-decay)|g|^2, overflow-safe
         v = _as_real(decay, x.dtype) * m.astype(x.dtype) + x
-        return jnp.minimum(v, jnp.finfo(x.dtype).max)  # saturate instead of inf
+        largest = jnp.finfo(x.dtype).max
+        # Saturate instead of inf (NaN stays NaN). Written as a select: with jnp.minimum, XLA:CPU
+        # re-computed v inside the parameter update and copied every donated v buffer (measured).
+        return jnp.where(v > largest, largest, v)
 
     return jax.tree.map(one, updates, moments)
 
