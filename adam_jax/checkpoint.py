@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adam_jax import _extras
+from adam_jax import _ckpt_files, _extras
 from adam_jax.sharding import state_sharding
 
 PyTree = Any
@@ -38,6 +38,19 @@ def _orbax():
     import orbax.checkpoint as ocp
 
     return ocp
+
+
+def _sync(name: str) -> None:
+    """Wait for every process (multi-process runs); a no-op in a single process."""
+    if jax.process_count() > 1:
+        _orbax().multihost.sync_global_processes(name)
+
+
+def _recover(directory: Path) -> None:
+    """Finish or roll back an interrupted replacement (process 0 does the renames)."""
+    if jax.process_index() == 0:
+        _ckpt_files.recover(directory)
+    _sync("adam_jax_checkpoint_recover")
 
 
 def _tree_fingerprint(tree: PyTree) -> dict[str, Any]:
@@ -109,20 +122,34 @@ def save_checkpoint(
         subtrees (``nu_max`` without AMSGrad) are stored as such.
       config: optional JSON-able mapping stored with the checkpoint (e.g. hyperparameters);
         :func:`restore_checkpoint` compares it when it is given one.
-      force: overwrite an existing ``directory``.
+      force: replace an existing checkpoint at ``directory``. Only an adam_jax checkpoint is
+        replaced (any other existing folder raises ``ValueError``), and never in place: the new
+        one is written beside it and swapped in, so a crash at any moment leaves the old or the
+        new checkpoint restorable.
+
+    Every file's SHA-256 is stored in ``adam_jax_manifest.json``, written last;
+    :func:`restore_checkpoint` verifies them.
     """
     ocp = _orbax()
+    directory = Path(directory).absolute()
+    _ckpt_files.check_path(directory, "save_checkpoint")
+    _recover(directory)
+    _ckpt_files.check_replaceable(directory, force, "save_checkpoint")
+    staging = _ckpt_files.sibling(directory, "new")
     fingerprint = checkpoint_fingerprint(params, opt_state, config)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         checkpointer.save(
-            Path(directory).absolute(),
+            staging,
             args=ocp.args.Composite(
                 params=ocp.args.StandardSave(params),
                 opt_state=ocp.args.StandardSave(opt_state),
                 optimizer=ocp.args.JsonSave(fingerprint),
             ),
-            force=force,
         )
+    if jax.process_index() == 0:
+        _ckpt_files.write_manifest(staging)
+        _ckpt_files.swap_into_place(staging, directory)
+    _sync("adam_jax_checkpoint_saved")
 
 
 def restore_checkpoint(
@@ -148,10 +175,15 @@ def restore_checkpoint(
 
     Raises:
       ValueError: the checkpoint was written for a different optimizer configuration or
-        parameters; the message lists what differs.
+        parameters (the message lists what differs); or it is damaged: a file does not match
+        the checksum recorded at save time, an item is missing, or a link leads out of the
+        checkpoint folder (the message names the file or item).
     """
     ocp = _orbax()
     directory = Path(directory).absolute()
+    _ckpt_files.check_path(directory, "restore_checkpoint")
+    _recover(directory)
+    _ckpt_files.verify(directory, "restore_checkpoint")
     abstract_params = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
         params,
