@@ -17,6 +17,7 @@ of elements near it (``frac_near_bound``) shows how often training presses again
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -24,12 +25,12 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from adam_jax import _validate
+from adam_jax import _hyperparams, _validate
+from adam_jax._hyperparams import INJECTED
 from adam_jax.averaging import find_state
 from adam_jax.transforms import ScaleByAdamaxState, ScaleByAdamState
 
 _ADAM_STATES = (ScaleByAdamState, ScaleByAdamaxState, optax.ScaleByAdamState)
-_INJECTED_STATES = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
 
 
 class StepStats(NamedTuple):
@@ -67,11 +68,12 @@ def monitor(
     b1: ArrayLike | None = None,
     b2: ArrayLike | None = None,
     near: float = 0.9,
+    every: int = 1,
 ) -> optax.GradientTransformation:
-    r"""Wrap ``tx`` (containing one Adam or AdaMax) to record :class:`StepStats` for every step.
+    r"""Wrap ``tx`` (containing one Adam or AdaMax) to record :class:`StepStats` of its steps.
 
-    The updates pass through unchanged. After each update the monitor reads the inner state's
-    step count ``t`` and moments ``m_t, v_t`` (or ``u_t``) and computes, for the final updates
+    The updates pass through unchanged. After an update the monitor reads the inner state's step
+    count ``t`` and moments ``m_t, v_t`` (or ``u_t``) and computes, for the final updates
     ``Delta_t``::
 
         max_step = max |Delta_t|,   mean_step = mean |Delta_t|
@@ -81,24 +83,29 @@ def monitor(
         bias_correction_1 = 1 - b1^t,  bias_correction_2 = 1 - b2^t
         nonfinite_grads = number of non-finite gradient elements
 
-    Read them with :func:`step_stats`. The statistics need ``alpha_t``, ``b1`` and ``b2``, which an
-    ``optax.GradientTransformation`` does not expose: pass them here, or build ``tx`` with
-    ``optax.inject_hyperparams`` (e.g. ``inject_hyperparams(adam_jax.adam)(learning_rate=...)``)
-    and leave them ``None``: they are then read from the injected hyperparameters of each step
-    (names ``learning_rate`` or ``lr``, ``b1``, ``b2``). A schedule ``learning_rate`` is evaluated
-    at ``t - 1``, as ``optax.scale_by_learning_rate`` does. With ``b1_decay`` != 1 the bias
-    corrections shown are those of a constant ``b1``.
+    Read them with :func:`step_stats`. ``alpha_t``, ``b1`` and ``b2`` are read from the optimizer:
+    every adam_jax constructor (``adam``, ``adamw``, ``adamax``, ``scale_by_adam``,
+    ``scale_by_adamax``, the ``compat`` presets) records its hyperparameters in its state
+    (:func:`adam_jax.hyperparams`), and values injected with ``optax.inject_hyperparams`` are read
+    from the injected state at every step, so changing them never recompiles. A schedule
+    ``learning_rate`` is evaluated at ``t - 1``, as ``optax.scale_by_learning_rate`` does. A bare
+    rescaler has no learning rate: ``step_bound`` and ``max_step`` are then in units of alpha
+    (``alpha_t = 1``). With ``b1_decay`` != 1 the bias corrections shown are those of a constant
+    ``b1``.
 
     Args:
       tx: the transformation to watch; its state must hold exactly one ``ScaleByAdamState`` or
         ``ScaleByAdamaxState`` (adam_jax's, or optax's ``ScaleByAdamState``).
-      learning_rate: alpha (a number or a schedule), or ``None`` to read it from the state.
-      b1, b2: Adam's decays, or ``None`` to read them from the state (b2 unused for AdaMax).
+      learning_rate, b1, b2: leave ``None``. Only for an optimizer that records none (optax's own
+        ``adam``) give them here; a value that contradicts the recorded one raises.
       near: the fraction of the bound counted as "near" it, in (0, 1].
+      every: compute the statistics at steps t = 1, 1 + every, 1 + 2*every, ... only, and keep
+        the last ones in between (``step`` says which step they describe). 1 computes them at
+        every step.
 
     Raises:
-      ValueError: at ``init`` if the state holds no Adam/AdaMax state or a needed hyperparameter is
-        neither given nor injected.
+      ValueError: at ``init`` if the state holds no Adam/AdaMax state, a needed hyperparameter is
+        neither recorded nor given, or a given one contradicts the recorded one (naming both).
     """
     if learning_rate is not None:
         _validate.check_learning_rate(learning_rate)
@@ -107,34 +114,31 @@ def monitor(
     if b2 is not None:
         _validate.check_decay("b2", b2)
     _validate.check_interval("near", near, 0.0, 1.0, low_open=True, high_open=False)
+    _validate.check_positive_int("every", every)
+    given = {"learning_rate": learning_rate, "b1": b1, "b2": b2}
 
     def hyperparameters(inner_state: optax.OptState, adam_state: Any) -> tuple[Any, Any, Any]:
-        """(alpha_t, b1, b2) for the step just taken, given or read from injected state."""
-        injected = [
-            s
-            for s in jax.tree.leaves(inner_state, is_leaf=lambda x: isinstance(x, _INJECTED_STATES))
-            if isinstance(s, _INJECTED_STATES)
-        ]
-        found: dict[str, Any] = {}
-        for s in injected:
-            found.update(s.hyperparams)
+        """(alpha_t, b1, b2) for the step just taken: recorded, injected, or given."""
+        found = _recorded(inner_state, adam_state)
         is_adamax = isinstance(adam_state, ScaleByAdamaxState)
-        lr = (
-            learning_rate
-            if learning_rate is not None
-            else found.get("learning_rate", found.get("lr"))
-        )
-        beta1 = b1 if b1 is not None else found.get("b1")
-        beta2 = b2 if b2 is not None else found.get("b2", 0.0 if is_adamax else None)
-        missing = [n for n, v in [("learning_rate", lr), ("b1", beta1), ("b2", beta2)] if v is None]
+        values = {name: _settle(name, given[name], found) for name in given}
+        if values["learning_rate"] is None and _hyperparams.is_record(
+            getattr(adam_state, "hyperparams", None)
+        ):
+            values["learning_rate"] = 1.0  # a bare rescaler: statistics in units of alpha
+        if is_adamax and values["b2"] is None:
+            values["b2"] = 0.0  # unused: u_t needs no bias correction
+        missing = [name for name, value in values.items() if value is None or value is INJECTED]
         if missing:
             raise ValueError(
-                f"monitor: cannot find {', '.join(missing)}: pass them to monitor(...) or build "
-                "the transformation with optax.inject_hyperparams."
+                f"monitor: cannot find {', '.join(missing)} in the optimizer: build it with "
+                "adam_jax (which records its hyperparameters), inject them with "
+                "optax.inject_hyperparams, or pass them to monitor(...)."
             )
+        lr = values["learning_rate"]
         if callable(lr):
             lr = lr(adam_state.count - 1)  # optax.scale_by_learning_rate: schedule(t - 1)
-        return lr, beta1, beta2
+        return lr, values["b1"], values["b2"]
 
     def init_fn(params: optax.Params) -> MonitorState:
         inner_state = tx.init(params)
@@ -157,10 +161,55 @@ def monitor(
         )
         adam_state = find_state(inner_state, _ADAM_STATES, "monitor")
         lr, beta1, beta2 = hyperparameters(inner_state, adam_state)
-        stats = _stats(grads, updates, adam_state, lr, beta1, beta2, near)
+
+        def compute() -> StepStats:
+            return _stats(grads, updates, adam_state, lr, beta1, beta2, near)
+
+        if every == 1:
+            stats = compute()
+        else:  # the first step, then every `every` steps
+            due = (adam_state.count - 1) % every == 0
+            stats = jax.lax.cond(due, compute, lambda: state.stats)
         return updates, MonitorState(inner_state=inner_state, stats=stats)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _recorded(inner_state: optax.OptState, adam_state: Any) -> dict[str, Any]:
+    """The hyperparameters the state holds for ``adam_state``: its record, injected values
+    resolved; for an optimizer without a record (optax's), whatever was injected."""
+    for _, node, record, injected in _hyperparams.records(inner_state):
+        if node is adam_state:
+            return _hyperparams.resolve(record, injected)
+    return _hyperparams.all_injected(inner_state)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as hyperparameters: numbers to float32 rounding, schedules by identity."""
+    if callable(a) or callable(b):
+        return a is b
+    return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=0.0)
+
+
+def _settle(name: str, given: Any, found: dict[str, Any]) -> Any:
+    """The value of ``name`` the statistics use: the optimizer's; ``given`` only where the
+    optimizer has none, and a ``given`` that contradicts it is an error naming both."""
+    have = found.get(name)
+    if given is None:
+        return have
+    if have is None or have is INJECTED:
+        return given
+    if isinstance(have, (jax.Array, jax.core.Tracer)):
+        raise ValueError(
+            f"monitor: {name}={given!r} was passed, but the optimizer's {name} is injected with "
+            f"optax.inject_hyperparams and read from its state at every step: leave {name} out."
+        )
+    if not _same(given, have):
+        raise ValueError(
+            f"monitor: {name}={given!r} was passed, but the optimizer was built with "
+            f"{name}={have!r}: leave {name} out (the monitor reads it from the optimizer)."
+        )
+    return have
 
 
 def _stats(
