@@ -57,16 +57,16 @@ class _Injected:
 INJECTED = _Injected()
 
 
-def _as_recorded(name: str, value: Any) -> Any:
+def _as_recorded(value: Any) -> Any:
     """The value as recorded: a Python number, bool, string or None; a schedule (callable) as is;
     ``INJECTED`` for a JAX array, whose value may change without the structure changing."""
-    if value is None or isinstance(value, (bool, str)) or callable(value):
+    if value is None or value is INJECTED or isinstance(value, (bool, str)) or callable(value):
         return value
     if isinstance(value, (jax.Array, jax.core.Tracer)):
         return INJECTED
     if _validate.is_concrete_number(value):
         return int(value) if jnp.issubdtype(jnp.result_type(value), jnp.integer) else float(value)
-    raise TypeError(f"hyperparameter {name}={value!r} cannot be recorded.")
+    return repr(value)  # anything else (static, hashable) by its description
 
 
 @jax.tree_util.register_pytree_node_class
@@ -81,7 +81,7 @@ class Hyperparams:
     __slots__ = ("_items",)
 
     def __init__(self, **values: Any):
-        self._items = tuple((name, _as_recorded(name, value)) for name, value in values.items())
+        self._items = tuple((name, _as_recorded(value)) for name, value in values.items())
 
     def replace(self, **values: Any) -> Hyperparams:
         """A copy with ``values`` added or replaced."""

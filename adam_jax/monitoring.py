@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from adam_jax import _hyperparams, _validate
+from adam_jax import _hyperparams, _tree, _validate
 from adam_jax._hyperparams import INJECTED
 from adam_jax.averaging import find_state
 from adam_jax.transforms import ScaleByAdamaxState, ScaleByAdamState
@@ -56,6 +56,9 @@ class MonitorState(NamedTuple):
 
 def paper_step_bound(b1: ArrayLike, b2: ArrayLike) -> jax.Array:
     """|Delta_t|/alpha of Section 2.1: (1-b1)/sqrt(1-b2) if (1-b1) > sqrt(1-b2), else 1."""
+    if _validate.is_concrete_number(b1) and _validate.is_concrete_number(b2):  # float64 math
+        root = math.sqrt(1 - float(b2))
+        return jnp.asarray((1 - float(b1)) / root if 1 - float(b1) > root else 1.0, jnp.float32)
     b1 = jnp.asarray(b1, jnp.float32)
     root = jnp.sqrt(1 - jnp.asarray(b2, jnp.float32))
     return jnp.where(1 - b1 > root, (1 - b1) / root, 1.0)
@@ -221,53 +224,53 @@ def _stats(
     b2: ArrayLike,
     near: float,
 ) -> StepStats:
-    """The Section 2.1 quantities of one step, reduced to float32 scalars."""
+    """The Section 2.1 quantities of one step, reduced to float32 scalars (int32 counts).
+
+    Every input is read in float32 whatever its dtype (float16 to float64), and each quantity is
+    a plain reduction over raveled leaves: on CPU a ``lax.cond`` that skips a pass when its answer
+    is known costs more than the pass (measured with ``benchmarks/monitor_overhead.py``).
+    """
     f32 = jnp.float32
-    t = adam_state.count.astype(f32)
+    t = adam_state.count
     is_adamax = isinstance(adam_state, ScaleByAdamaxState)
-    c1 = 1 - jnp.asarray(b1, f32) ** t  # Sec. 3: 1 - b1^t
-    c2 = jnp.ones([], f32) if is_adamax else 1 - jnp.asarray(b2, f32) ** t  # Sec. 3: 1 - b2^t
+    c1 = _tree.debiasing(b1, t).astype(f32)  # Sec. 3: 1 - b1^t
+    c2 = jnp.ones([], f32) if is_adamax else _tree.debiasing(b2, t).astype(f32)  # 1 - b2^t
     bound = jnp.asarray(lr, f32) * (jnp.ones([], f32) if is_adamax else paper_step_bound(b1, b2))
     threshold = near * bound
 
-    # |m_hat|/sqrt(v_hat) = |m| * rsqrt(v) * sqrt(c2)/c1 (|m_hat|/u_t = |m|/u * 1/c1 for AdaMax)
-    snr_factor = (1 / c1) if is_adamax else jnp.sqrt(c2) / c1
+    # |m_hat|/sqrt(v_hat) = |m| * rsqrt(v) * sqrt(c2)/c1 (|m_hat|/u_t = |m|/u * 1/c1 for AdaMax);
+    # before the first step (t = 0, e.g. skipped by apply_if_finite) m = 0 and c1 = 0: SNR 0.
+    safe_c1 = jnp.where(c1 > 0, c1, 1.0)
+    snr_factor = jnp.where(c1 > 0, (1 / safe_c1) if is_adamax else jnp.sqrt(c2) / safe_c1, 0.0)
     # 1-D views: XLA:CPU reduces a raveled array several times faster than a 2-D one.
     us, ms, vs, gs = (
         [jnp.ravel(x) for x in jax.tree.leaves(tree)]
         for tree in (updates, adam_state.mu, adam_state.nu, grads)
     )
-    size = sum(u.size for u in us)
+    size = max(1, sum(u.size for u in us))
+    zero = jnp.zeros([], f32)
+
+    def total(parts: list[jax.Array], dtype: Any = f32) -> jax.Array:
+        return sum(parts, jnp.zeros([], dtype))
 
     def snr_sum(m: jax.Array, v: jax.Array) -> jax.Array:
         v = v.astype(f32)
         inv_scale = 1 / v if is_adamax else jax.lax.rsqrt(v)
-        return jnp.sum(jnp.where(v > 0, jnp.abs(m).astype(f32) * inv_scale, 0.0))
+        return jnp.sum(jnp.where(v > 0, jnp.abs(m).astype(f32) * inv_scale, zero))
 
     abs_us = [jnp.abs(u).astype(f32) for u in us]
-    max_step = jnp.max(jnp.stack([jnp.max(a, initial=0.0) for a in abs_us]))
-
-    # Counting needs an extra pass over every element; take it only when the answer can be
-    # non-zero (some |update| reaches the threshold; the sum of the gradients is not finite).
-    def count_near() -> jax.Array:
-        return sum(jnp.sum(jnp.where(a >= threshold, 1.0, 0.0)) for a in abs_us)
-
-    def count_nonfinite() -> jax.Array:
-        return sum(jnp.sum(jnp.where(jnp.isfinite(g), 0.0, 1.0)) for g in gs)
-
-    zero = jnp.zeros([], f32)
-    near_count = jax.lax.cond(max_step >= threshold, count_near, lambda: zero)
-    grad_sum = sum(jnp.sum(g) for g in gs)
-    nonfinite = jax.lax.cond(jnp.isfinite(grad_sum), lambda: zero, count_nonfinite)
     return StepStats(
-        max_step=max_step,
-        mean_step=sum(jnp.sum(a) for a in abs_us) / size,
+        max_step=jnp.max(jnp.stack([jnp.max(a, initial=zero) for a in abs_us] + [zero])),
+        mean_step=total([jnp.sum(a) for a in abs_us]) / size,
         step_bound=bound,
-        frac_near_bound=near_count / size,
-        mean_snr=sum(snr_sum(m, v) for m, v in zip(ms, vs, strict=True)) * snr_factor / size,
+        frac_near_bound=total(
+            [jnp.sum(a >= threshold, dtype=jnp.int32) for a in abs_us], jnp.int32
+        ).astype(f32)
+        / size,
+        mean_snr=total([snr_sum(m, v) for m, v in zip(ms, vs, strict=True)]) * snr_factor / size,
         bias_correction_1=c1,
         bias_correction_2=c2,
-        nonfinite_grads=nonfinite.astype(jnp.int32),
+        nonfinite_grads=total([jnp.sum(~jnp.isfinite(g), dtype=jnp.int32) for g in gs], jnp.int32),
         step=adam_state.count.astype(jnp.int32),
     )
 
