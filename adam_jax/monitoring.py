@@ -40,7 +40,8 @@ class StepStats(NamedTuple):
     mean_step: jax.Array  # mean |update|
     step_bound: jax.Array  # Section 2.1 bound for the step's alpha, b1, b2 (alpha for AdaMax)
     frac_near_bound: jax.Array  # fraction of elements with |update| >= near * step_bound
-    mean_snr: jax.Array  # mean |m_hat|/sqrt(v_hat) (|m_hat|/u_t for AdaMax), 0 where v = 0
+    mean_snr: jax.Array  # mean |m_hat|/sqrt(v_hat) (|m_hat|/u_t for AdaMax), 0 where v = 0;
+    # NaN when the moments are stored in 8 bits (quantized_moments), which are not m_t, v_t
     bias_correction_1: jax.Array  # 1 - b1^t
     bias_correction_2: jax.Array  # 1 - b2^t (1 for AdaMax, whose u_t needs none)
     nonfinite_grads: jax.Array  # number of NaN/Inf gradient elements, int32
@@ -267,13 +268,17 @@ def _stats(
         # but an int32 sum as a tree of reduce-windows over a converted copy, 5x slower.
         return jnp.sum(jnp.where(flags, 1.0, 0.0).astype(f32))
 
+    if any(jnp.finfo(x.dtype).bits <= 8 for x in ms + vs):  # quantized_moments' stored form
+        mean_snr = jnp.full([], jnp.nan, f32)  # is not m_t, v_t: not available
+    else:
+        mean_snr = total([snr_sum(m, v) for m, v in zip(ms, vs, strict=True)]) * snr_factor / size
     abs_us = [jnp.abs(u).astype(f32) for u in us]
     return StepStats(
         max_step=jnp.max(jnp.stack([jnp.max(a, initial=zero) for a in abs_us] + [zero])),
         mean_step=total([jnp.sum(a) for a in abs_us]) / size,
         step_bound=bound,
         frac_near_bound=total([count(a >= threshold) for a in abs_us]) / size,
-        mean_snr=total([snr_sum(m, v) for m, v in zip(ms, vs, strict=True)]) * snr_factor / size,
+        mean_snr=mean_snr,
         bias_correction_1=c1,
         bias_correction_2=c2,
         nonfinite_grads=total([count(~jnp.isfinite(g)) for g in gs]).astype(jnp.int32),
