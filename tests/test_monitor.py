@@ -428,3 +428,12 @@ def test_hyperparams_record_survives_wrappers_jit_and_eval_shape():
     assert found["amsgrad"] is True and found["eps"] == 0.0 and found["mu_dtype"] is None
     with pytest.raises(ValueError, match="found 0"):
         adam_jax.hyperparams(optax.adam(1e-2).init(params))
+
+
+def test_the_module_no_longer_collides_with_the_function():
+    import importlib.util
+
+    from adam_jax import monitor, monitoring
+
+    assert monitor is monitoring.monitor and callable(monitor)
+    assert importlib.util.find_spec("adam_jax.monitor") is None
