@@ -1,10 +1,11 @@
 """adam_jax: Adam and AdaMax (Kingma & Ba, 2015) as pure-functional Optax transformations."""
 
+from adam_jax._hyperparams import Hyperparams, hyperparams
 from adam_jax.aliases import adam, adamax, adamw
 from adam_jax.averaging import TemporalAveragingState, averaged_params, temporal_averaging
 from adam_jax.checkpoint import checkpoint_fingerprint, restore_checkpoint, save_checkpoint
 from adam_jax.kahan import KahanSummationState, kahan_summation
-from adam_jax.monitor import MonitorState, StepStats, monitor, step_stats
+from adam_jax.monitoring import MonitorState, StepStats, monitor, step_stats
 from adam_jax.quantize import QuantizedMomentsState, quantized_moments
 from adam_jax.schedules import inverse_sqrt_schedule
 from adam_jax.sharding import state_sharding
@@ -32,6 +33,7 @@ __version__ = _installed_version()
 
 __all__ = [
     "BiasCorrectionState",
+    "Hyperparams",
     "KahanSummationState",
     "MonitorState",
     "QuantizedMomentsState",
@@ -45,6 +47,7 @@ __all__ = [
     "averaged_params",
     "bias_correction",
     "checkpoint_fingerprint",
+    "hyperparams",
     "inverse_sqrt_schedule",
     "kahan_summation",
     "monitor",

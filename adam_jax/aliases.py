@@ -8,33 +8,20 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _validate, transforms
+from adam_jax._hyperparams import annotate
 
 
 def _with_learning_rate(
     rescaler: optax.GradientTransformation, learning_rate: optax.ScalarOrSchedule
 ) -> optax.GradientTransformation:
-    """theta_t = theta_{t-1} - alpha_t * rescaled gradient (``learning_rate`` may be a schedule)."""
+    """theta_t = theta_{t-1} - alpha_t * rescaled gradient (``learning_rate`` may be a schedule).
+
+    ``learning_rate`` is added to the rescaler's hyperparameter record."""
     _validate.check_learning_rate(learning_rate)
-    return optax.chain(rescaler, optax.scale_by_learning_rate(learning_rate))
-
-
-_ADAM_KEYWORDS = (
-    "eps_root",
-    "eps_hat",
-    "bias_correction",
-    "b1_decay",
-    "amsgrad",
-    "nesterov",
-    "mu_dtype",
-    "nu_dtype",
-)
-
-
-def _scale_by_adam_from(arguments: dict[str, Any]) -> optax.GradientTransformation:
-    """scale_by_adam from an alias's arguments. The aliases spell out every keyword in their own
-    signatures (``optax.inject_hyperparams`` reads them there) and build the rescaler here."""
-    options = {k: arguments[k] for k in _ADAM_KEYWORDS}
-    return transforms.scale_by_adam(arguments["b1"], arguments["b2"], arguments["eps"], **options)
+    return optax.chain(
+        annotate(rescaler, learning_rate=learning_rate),
+        optax.scale_by_learning_rate(learning_rate),
+    )
 
 
 def adam(
@@ -59,7 +46,19 @@ def adam(
     of Section 4. Explicit keywords (rather than ``**kwargs``) let ``optax.inject_hyperparams``
     see every hyperparameter.
     """
-    rescaler = _scale_by_adam_from(locals())
+    rescaler = transforms.scale_by_adam(
+        b1,
+        b2,
+        eps,
+        eps_root=eps_root,
+        eps_hat=eps_hat,
+        bias_correction=bias_correction,
+        b1_decay=b1_decay,
+        amsgrad=amsgrad,
+        nesterov=nesterov,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )
     return _with_learning_rate(rescaler, learning_rate)
 
 
@@ -124,9 +123,21 @@ def adamw(
     """
     _validate.check_nonnegative("weight_decay", weight_decay)
     _validate.check_learning_rate(learning_rate)
-    rescaler = _scale_by_adam_from(locals())
+    rescaler = transforms.scale_by_adam(
+        b1,
+        b2,
+        eps,
+        eps_root=eps_root,
+        eps_hat=eps_hat,
+        bias_correction=bias_correction,
+        b1_decay=b1_decay,
+        amsgrad=amsgrad,
+        nesterov=nesterov,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )
     return optax.chain(
-        rescaler,
+        annotate(rescaler, learning_rate=learning_rate, weight_decay=weight_decay),
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )

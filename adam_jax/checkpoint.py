@@ -6,9 +6,10 @@ written by every process) and ``optimizer``, a JSON fingerprint of both trees: t
 AMSGrad) and every leaf's dtype and shape (which shows ``mu_dtype``/``nu_dtype``). On restore the
 fingerprint of ``tx.init(params)`` must match, so a checkpoint of a different optimizer
 configuration raises a ``ValueError`` that lists the differences instead of being restored into
-the wrong fields. Hyperparameters that leave the state's shape unchanged (a learning rate, ``b1``)
-are opaque inside an ``optax.GradientTransformation``: pass them as ``config`` to have them stored
-and compared too.
+the wrong fields. The fingerprint also holds the hyperparameters every adam_jax optimizer records
+in its state (:func:`adam_jax.hyperparams`: learning rate, ``b1``, ``b2``, ``eps``, ...), so
+resuming with a different learning rate is refused too, unless the change is deliberate
+(``allow_changes={"learning_rate"}``). Anything else can be stored and compared as ``config``.
 
 Restoring onto a mesh reads each array straight into its target sharding: the parameters' own
 shardings and, for the state, :func:`adam_jax.state_sharding`.
@@ -17,7 +18,7 @@ shardings and, for the state, :func:`adam_jax.state_sharding`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adam_jax import _ckpt_files, _extras
+from adam_jax import _ckpt_files, _extras, _hyperparams
 from adam_jax.sharding import state_sharding
 
 PyTree = Any
@@ -58,7 +59,19 @@ def _tree_fingerprint(tree: PyTree) -> dict[str, Any]:
         jax.tree_util.keystr(path): f"{jnp.dtype(leaf.dtype).name}{list(leaf.shape)}"
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
     }
-    return {"structure": str(jax.tree.structure(tree)), "leaves": leaves}
+    # Hyperparameter records are compared one by one (_hyperparams_fingerprint), not as structure.
+    bare = jax.tree.map(
+        lambda x: None if _hyperparams.is_record(x) else x, tree, is_leaf=_hyperparams.is_record
+    )
+    return {"structure": str(jax.tree.structure(bare)), "leaves": leaves}
+
+
+def _hyperparams_fingerprint(opt_state: PyTree) -> dict[str, dict[str, Any]]:
+    """{path of each Adam/AdaMax state: its recorded hyperparameters, JSON-able}."""
+    return {
+        path or "(root)": {name: _hyperparams.describe(value) for name, value in record.items()}
+        for path, _, record, _ in _hyperparams.records(opt_state)
+    }
 
 
 def checkpoint_fingerprint(
@@ -72,17 +85,43 @@ def checkpoint_fingerprint(
       config: optional JSON-able mapping, e.g. the optimizer's hyperparameters.
 
     Returns:
-      ``{"params": ..., "opt_state": ..., "config": ...}`` with each tree's structure and every
-      leaf's dtype and shape.
+      ``{"params": ..., "opt_state": ..., "hyperparams": ..., "config": ...}`` with each tree's
+      structure and every leaf's dtype and shape, and the hyperparameters recorded in
+      ``opt_state`` (a schedule by its values at a few steps; an injected value as
+      ``"injected"``, since the state itself holds it).
     """
     return {
         "params": _tree_fingerprint(params),
         "opt_state": _tree_fingerprint(opt_state),
+        "hyperparams": _hyperparams_fingerprint(opt_state),
         "config": None if config is None else json.loads(json.dumps(dict(config))),
     }
 
 
-def _differences(saved: Mapping[str, Any], current: Mapping[str, Any], check_config: bool) -> list:
+def _hyperparams_differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], allowed: Any
+) -> list[str]:
+    """One line per recorded hyperparameter that differs and is not in ``allowed``."""
+    old_all, new_all = saved.get("hyperparams"), current["hyperparams"]
+    if old_all is None:  # written before hyperparameters were recorded
+        return []
+    found = []
+    for path in sorted(old_all.keys() | new_all.keys()):
+        old, new = old_all.get(path, {}), new_all.get(path, {})
+        for name in sorted(old.keys() | new.keys()):
+            if old.get(name, "absent") != new.get(name, "absent") and not (
+                allowed is True or name in allowed
+            ):
+                found.append(
+                    f"hyperparameter {path}.{name}: checkpoint {old.get(name, 'absent')}, "
+                    f"this run {new.get(name, 'absent')}"
+                )
+    return found
+
+
+def _differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], check_config: bool, allowed: Any = ()
+) -> list:
     found = []
     for section in ("params", "opt_state"):
         old, new = saved.get(section) or {}, current[section]
@@ -97,6 +136,7 @@ def _differences(saved: Mapping[str, Any], current: Mapping[str, Any], check_con
                     f"{section} leaf {key}: checkpoint {old_leaves.get(key, 'absent')}, "
                     f"this run {new_leaves.get(key, 'absent')}"
                 )
+    found += _hyperparams_differences(saved, current, allowed)
     if check_config and saved.get("config") != current["config"]:
         found.append(f"config: checkpoint {saved.get('config')}, this run {current['config']}")
     return found
@@ -158,6 +198,7 @@ def restore_checkpoint(
     params: PyTree,
     *,
     config: Mapping[str, Any] | None = None,
+    allow_changes: Collection[str] | bool = (),
 ) -> tuple[PyTree, PyTree]:
     """Read ``(params, opt_state)`` written by :func:`save_checkpoint`, laid out like ``params``.
 
@@ -169,6 +210,9 @@ def restore_checkpoint(
         ``sharding`` to restore onto (values are ignored). The state goes to
         ``state_sharding(tx, params)``.
       config: when given, must equal the ``config`` the checkpoint was saved with.
+      allow_changes: names of recorded hyperparameters that may differ from the checkpoint's,
+        e.g. ``{"learning_rate"}`` to resume with a deliberately new learning rate (``True``: any
+        hyperparameter). The state's structure, dtypes and shapes must match regardless.
 
     Returns:
       ``(params, opt_state)``, sharded as above, bit-identical to what was saved.
@@ -204,7 +248,12 @@ def restore_checkpoint(
                 "adam_jax.save_checkpoint."
             )
         current = checkpoint_fingerprint(abstract_params, abstract_state, config)
-        differences = _differences(saved, current, check_config=config is not None)
+        allowed = (
+            allow_changes
+            if allow_changes is True
+            else set([allow_changes] if isinstance(allow_changes, str) else allow_changes)
+        )
+        differences = _differences(saved, current, config is not None, allowed)
         if differences:
             listed = "\n  ".join(differences[:_MAX_LISTED])
             more = len(differences) - _MAX_LISTED
@@ -212,7 +261,8 @@ def restore_checkpoint(
                 f"checkpoint {directory} was written for a different optimizer configuration "
                 f"than the one given to restore_checkpoint:\n  {listed}"
                 + (f"\n  ... and {more} more" if more > 0 else "")
-                + "\nRestore with the optimizer (and config) the checkpoint was saved with."
+                + "\nRestore with the optimizer (and config) the checkpoint was saved with, or "
+                "name the hyperparameters you mean to change in allow_changes=."
             )
         restored = checkpointer.restore(
             directory,

@@ -13,6 +13,12 @@ conventions they encode (every one checked against the installed sources)::
     AdaMax eps                     u = max(b2 u, |g| + eps), m_hat/u     m_hat/(u + eps)
     AdaMax lr default              2e-3                                  1e-3
 
+Two PyTorch conventions cannot be composed from the paper's rules (the AMSGrad maximum of the raw
+``v_t``, AdaMax's eps inside the max); they reach the core through its one private hook each,
+``transforms._scale_by_adam(raw_amsgrad_max=True)`` and ``transforms._scale_by_adamax(eps_in_max=True)``.
+Each preset records its name and hyperparameters (under the paper's names: ``learning_rate``,
+``b1``, ``b2``, ``eps``) in the state, for :func:`adam_jax.monitor` and checkpoints.
+
 ``alpha_t = lr*sqrt(1-b2^t)/(1-b1^t)`` is the efficient form of the end of Section 2 (Keras calls
 ``eps_hat`` "epsilon"). Decoupled decay uses the parameters *before* the step, as both frameworks.
 Every preset accepts an optax schedule for the learning rate; the step count starts at 0 on the
@@ -27,6 +33,7 @@ import optax
 from jax.typing import ArrayLike
 
 from adam_jax import _validate, transforms
+from adam_jax._hyperparams import annotate
 
 __all__ = [
     "keras_adam",
@@ -102,10 +109,31 @@ def torch_adam(
     ]:
         _validate.check_flag(name, flag)
     decay = _decay(weight_decay, mask)
+    rescaler = transforms._scale_by_adam(
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=0.0,
+        eps_hat=False,
+        bias_correction=True,
+        b1_decay=1.0,
+        amsgrad=amsgrad,
+        nesterov=False,
+        mu_dtype=None,
+        nu_dtype=None,
+        raw_amsgrad_max=True,  # PyTorch: max_{s<=t} v_s / (1 - b2^t)
+    )
+    record = dict(
+        preset="torch_adam",
+        learning_rate=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        decoupled_weight_decay=decoupled_weight_decay,
+    )
     return optax.chain(
         *([optax.scale(-1.0)] if maximize else []),
         *([] if decoupled_weight_decay else decay),
-        transforms.scale_by_adam(b1, b2, eps, amsgrad=amsgrad, amsgrad_raw_max=True),
+        annotate(rescaler, **record),
         *(decay if decoupled_weight_decay else []),
         optax.scale_by_learning_rate(lr),
     )
@@ -155,10 +183,23 @@ def torch_adamax(
     b1, b2 = _betas(betas)
     _check_common(lr, b1, b2, eps, weight_decay, _TORCH_NAMES)
     _validate.check_flag("maximize", maximize)
+    rescaler = transforms._scale_by_adamax(
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        bias_correction=True,
+        b1_decay=1.0,
+        mu_dtype=None,
+        nu_dtype=None,
+        eps_in_max=True,  # PyTorch: u_t = max(b2 u, |g| + eps), step m_hat / u_t
+    )
+    record = dict(
+        preset="torch_adamax", learning_rate=lr, weight_decay=weight_decay, maximize=maximize
+    )
     return optax.chain(
         *([optax.scale(-1.0)] if maximize else []),
         *_decay(weight_decay, mask),
-        transforms.scale_by_adamax(b1, b2, eps, eps_in_max=True),
+        annotate(rescaler, **record),
         optax.scale_by_learning_rate(lr),
     )
 
@@ -184,8 +225,10 @@ def keras_adam(
     """
     _check_common(learning_rate, beta_1, beta_2, epsilon, weight_decay, _KERAS_NAMES)
     _validate.check_flag("amsgrad", amsgrad)
+    rescaler = transforms.scale_by_adam(beta_1, beta_2, epsilon, eps_hat=True, amsgrad=amsgrad)
+    record = dict(preset="keras_adam", learning_rate=learning_rate, weight_decay=weight_decay)
     return optax.chain(
-        transforms.scale_by_adam(beta_1, beta_2, epsilon, eps_hat=True, amsgrad=amsgrad),
+        annotate(rescaler, **record),
         *_decay(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -223,8 +266,10 @@ def keras_adamax(
     theta_t = theta_{t-1} - learning_rate / (1 - b1^t) * m_t / (u_t + epsilon)
     """
     _check_common(learning_rate, beta_1, beta_2, epsilon, weight_decay, _KERAS_NAMES)
+    rescaler = transforms.scale_by_adamax(beta_1, beta_2, epsilon)
+    record = dict(preset="keras_adamax", learning_rate=learning_rate, weight_decay=weight_decay)
     return optax.chain(
-        transforms.scale_by_adamax(beta_1, beta_2, epsilon),
+        annotate(rescaler, **record),
         *_decay(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )

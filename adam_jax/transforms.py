@@ -19,6 +19,7 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _checks, _tree, _validate
+from adam_jax._hyperparams import Hyperparams
 
 
 class ScaleByAdamState(NamedTuple):
@@ -28,6 +29,7 @@ class ScaleByAdamState(NamedTuple):
     mu: optax.Updates  # m_t, first moment
     nu: optax.Updates  # v_t, second raw moment
     nu_max: optax.Updates  # running max of v_hat (or v_t with eps_hat); None unless amsgrad
+    hyperparams: Hyperparams | None = None  # what the optimizer was built with (no leaves)
 
 
 class ScaleByAdamaxState(NamedTuple):
@@ -36,6 +38,7 @@ class ScaleByAdamaxState(NamedTuple):
     count: jax.Array  # t, int32, saturating
     mu: optax.Updates  # m_t, first moment
     nu: optax.Updates  # u_t, exponentially weighted infinity norm
+    hyperparams: Hyperparams | None = None  # what the optimizer was built with (no leaves)
 
 
 class BiasCorrectionState(NamedTuple):
@@ -68,7 +71,6 @@ def scale_by_adam(
     bias_correction: bool = True,
     b1_decay: ArrayLike = 1.0,
     amsgrad: bool = False,
-    amsgrad_raw_max: bool = False,
     nesterov: bool = False,
     mu_dtype: DTypeLike | None = None,
     nu_dtype: DTypeLike | None = None,
@@ -102,10 +104,6 @@ def scale_by_adam(
         :math:`1-\beta_1^t` for :math:`\lambda = 1`.
       amsgrad: divide by the running maximum of :math:`\hat v_t` (of :math:`v_t` with
         ``eps_hat``) instead of :math:`\hat v_t` itself (Reddi et al., 2018), as ``optax.amsgrad``.
-      amsgrad_raw_max: with ``amsgrad``, keep the running maximum of the raw :math:`v_t` and debias
-        it at the current step, ``v_den = max_{s<=t} v_s / (1 - b2^t)``, as ``torch.optim.Adam``
-        (the maximum of :math:`\hat v_s` is larger early on). With ``eps_hat`` the maximum is of
-        the raw :math:`v_t` anyway, so the switch changes nothing there.
       nesterov: Nesterov momentum (Dozat, 2016), as ``optax.adam(nesterov=True)``:
         ``m_hat = b1_{t+1} m_t / (1 - prod_{i<=t+1} b1_i) + (1 - b1_t) g_t / (1 - prod_{i<=t} b1_i)``.
       mu_dtype: storage dtype of :math:`m_t`; default: the parameter's dtype promoted to at least
@@ -114,7 +112,51 @@ def scale_by_adam(
         parameters.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is :class:`ScaleByAdamState`.
+      An ``optax.GradientTransformation`` whose state is :class:`ScaleByAdamState`; its
+      ``hyperparams`` field records these arguments.
+    """
+    return _scale_by_adam(
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        eps_hat=eps_hat,
+        bias_correction=bias_correction,
+        b1_decay=b1_decay,
+        amsgrad=amsgrad,
+        nesterov=nesterov,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        raw_amsgrad_max=False,
+    )
+
+
+def _dtype_name(dtype: DTypeLike | None) -> str | None:
+    return None if dtype is None else jnp.dtype(dtype).name
+
+
+def _scale_by_adam(
+    *,
+    b1: ArrayLike,
+    b2: ArrayLike,
+    eps: ArrayLike,
+    eps_root: ArrayLike,
+    eps_hat: bool,
+    bias_correction: bool,
+    b1_decay: ArrayLike,
+    amsgrad: bool,
+    nesterov: bool,
+    mu_dtype: DTypeLike | None,
+    nu_dtype: DTypeLike | None,
+    raw_amsgrad_max: bool,
+) -> optax.GradientTransformation:
+    r""":func:`scale_by_adam`, plus one hook for ``adam_jax.compat.torch_adam``.
+
+    ``raw_amsgrad_max``: with ``amsgrad``, keep the running maximum of the raw :math:`v_t` and
+    debias it at the current step, ``v_den = max_{s<=t} v_s / (1 - b2^t)``, as ``torch.optim.Adam``
+    (the maximum of :math:`\hat v_s` is larger early on). No composition gives it: it equals the
+    ``eps_hat`` form only with an ``eps`` that changes with t. With ``eps_hat`` the maximum is of
+    the raw :math:`v_t` anyway, so the switch changes nothing there.
     """
     _validate_moments(b1, b2, b1_decay)
     _validate.check_nonnegative("eps", eps)
@@ -125,15 +167,28 @@ def scale_by_adam(
         ("eps_hat", eps_hat),
         ("bias_correction", bias_correction),
         ("amsgrad", amsgrad),
-        ("amsgrad_raw_max", amsgrad_raw_max),
         ("nesterov", nesterov),
+        ("raw_amsgrad_max", raw_amsgrad_max),
     ]:
         _validate.check_flag(name, flag)
+    record = Hyperparams(
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        eps_hat=eps_hat,
+        bias_correction=bias_correction,
+        b1_decay=b1_decay,
+        amsgrad=amsgrad,
+        nesterov=nesterov,
+        mu_dtype=_dtype_name(mu_dtype),
+        nu_dtype=_dtype_name(nu_dtype),
+    )
 
     def init_fn(params: optax.Params) -> ScaleByAdamState:
         count, mu, nu = _init_moments(params, mu_dtype, nu_dtype, "scale_by_adam")
         nu_max = jax.tree.map(jnp.copy, nu) if amsgrad else None
-        return ScaleByAdamState(count=count, mu=mu, nu=nu, nu_max=nu_max)
+        return ScaleByAdamState(count=count, mu=mu, nu=nu, nu_max=nu_max, hyperparams=record)
 
     def update_fn(
         updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None
@@ -168,7 +223,7 @@ def scale_by_adam(
             )
         else:
             v_hat = _tree.debias(v, c2)  # Alg. 1: v_hat = v_t / (1 - b2^t)
-            if amsgrad and amsgrad_raw_max:  # PyTorch: max_{s<=t} v_s / (1 - b2^t)
+            if amsgrad and raw_amsgrad_max:  # PyTorch: max_{s<=t} v_s / (1 - b2^t)
                 nu_max = _tree.tree_maximum(state.nu_max, v)
                 v_den = _tree.debias(nu_max, c2)
             else:
@@ -182,6 +237,7 @@ def scale_by_adam(
             mu=_tree.cast_like(m, state.mu),
             nu=_tree.cast_like(v, state.nu),
             nu_max=_tree.cast_like(nu_max, state.nu_max) if amsgrad else None,
+            hyperparams=record,
         )
         return _tree.cast_to_updates(direction, updates), new_state
 
@@ -195,7 +251,6 @@ def scale_by_adamax(
     *,
     bias_correction: bool = True,
     b1_decay: ArrayLike = 1.0,
-    eps_in_max: bool = False,
     mu_dtype: DTypeLike | None = None,
     nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
@@ -216,13 +271,41 @@ def scale_by_adamax(
         ``u_t`` (see ``adam_jax.compat``).
       bias_correction: divide the first moment by ``1 - b1^t``.
       b1_decay: :math:`\lambda` of Theorem 4.1, as in :func:`scale_by_adam`.
-      eps_in_max: put ``eps`` inside the max instead, ``u_t = max(b2 * u_{t-1}, |g_t| + eps)`` and
-        ``update = m_hat / u_t`` (the PyTorch and optax convention, see ``adam_jax.compat``).
       mu_dtype: storage dtype of ``m_t`` (default: parameter dtype, at least float32).
       nu_dtype: storage dtype of ``u_t`` (same default, real for complex parameters).
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is :class:`ScaleByAdamaxState`.
+      An ``optax.GradientTransformation`` whose state is :class:`ScaleByAdamaxState`; its
+      ``hyperparams`` field records these arguments.
+    """
+    return _scale_by_adamax(
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        bias_correction=bias_correction,
+        b1_decay=b1_decay,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        eps_in_max=False,
+    )
+
+
+def _scale_by_adamax(
+    *,
+    b1: ArrayLike,
+    b2: ArrayLike,
+    eps: ArrayLike,
+    bias_correction: bool,
+    b1_decay: ArrayLike,
+    mu_dtype: DTypeLike | None,
+    nu_dtype: DTypeLike | None,
+    eps_in_max: bool,
+) -> optax.GradientTransformation:
+    """:func:`scale_by_adamax`, plus one hook for ``adam_jax.compat.torch_adamax``.
+
+    ``eps_in_max``: put ``eps`` inside the max, ``u_t = max(b2 * u_{t-1}, |g_t| + eps)`` and
+    ``update = m_hat / u_t`` (the PyTorch and optax convention). No composition gives it: ``eps``
+    would have to enter the max, which sees only the gradient.
     """
     _validate_moments(b1, b2, b1_decay)
     _validate.check_nonnegative("eps", eps)
@@ -231,10 +314,19 @@ def scale_by_adamax(
     _validate.check_dtype("nu_dtype", nu_dtype)
     _validate.check_flag("eps_in_max", eps_in_max)
     eps_max, eps_out = (eps, 0.0) if eps_in_max else (0.0, eps)
+    record = Hyperparams(
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        bias_correction=bias_correction,
+        b1_decay=b1_decay,
+        mu_dtype=_dtype_name(mu_dtype),
+        nu_dtype=_dtype_name(nu_dtype),
+    )
 
     def init_fn(params: optax.Params) -> ScaleByAdamaxState:
         count, mu, nu = _init_moments(params, mu_dtype, nu_dtype, "scale_by_adamax")
-        return ScaleByAdamaxState(count=count, mu=mu, nu=nu)
+        return ScaleByAdamaxState(count=count, mu=mu, nu=nu, hyperparams=record)
 
     def update_fn(
         updates: optax.Updates, state: ScaleByAdamaxState, params: optax.Params | None = None
@@ -252,7 +344,10 @@ def scale_by_adamax(
             lambda mh, ut: _tree.safe_divide(mh, (ut + eps_out).astype(ut.dtype)), m_hat, u
         )
         new_state = ScaleByAdamaxState(
-            count=t, mu=_tree.cast_like(m, state.mu), nu=_tree.cast_like(u, state.nu)
+            count=t,
+            mu=_tree.cast_like(m, state.mu),
+            nu=_tree.cast_like(u, state.nu),
+            hyperparams=record,
         )
         return _tree.cast_to_updates(direction, updates), new_state
 

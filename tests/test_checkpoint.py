@@ -172,6 +172,57 @@ def test_config_and_parameter_mismatches_are_refused(tmp_path):
     _assert_bitwise_equal(r_params, params)
 
 
+def test_hyperparameters_are_stored_and_a_different_one_is_refused(tmp_path):
+    """No config needed: the learning rate, b1, b2 and eps come from the optimizer's record."""
+    host, x, y = _problem()
+    params = _place(host, None)
+    tx = adam_jax.adam(1e-2)
+    step = _make_step(tx, x, y)
+    params, state = step(params, tx.init(params))
+    adam_jax.save_checkpoint(tmp_path / "ckpt", params, state)
+    other = adam_jax.adam(1e-3, b1=0.8, b2=0.99, eps=1e-6)
+    with pytest.raises(ValueError, match="different optimizer configuration") as err:
+        adam_jax.restore_checkpoint(tmp_path / "ckpt", other, params)
+    for line in (
+        "hyperparameter [0].learning_rate: checkpoint 0.01, this run 0.001",
+        "hyperparameter [0].b1: checkpoint 0.9, this run 0.8",
+        "hyperparameter [0].b2: checkpoint 0.999, this run 0.99",
+        "hyperparameter [0].eps: checkpoint 1e-08, this run 1e-06",
+    ):
+        assert line in str(err.value), str(err.value)
+    # Only the learning rate allowed to change: the others are still refused.
+    with pytest.raises(ValueError, match=r"b1: checkpoint 0\.9") as err:
+        adam_jax.restore_checkpoint(
+            tmp_path / "ckpt", other, params, allow_changes={"learning_rate"}
+        )
+    assert "learning_rate" not in str(err.value)
+    # A schedule is stored by its values at a few steps: a schedule in place of 0.01 is refused.
+    with pytest.raises(ValueError, match=r"learning_rate: checkpoint 0\.01, this run \{'schedule"):
+        adam_jax.restore_checkpoint(
+            tmp_path / "ckpt", adam_jax.adam(optax.constant_schedule(1e-2)), params
+        )
+
+
+def test_allow_changes_resumes_with_a_new_learning_rate(tmp_path):
+    """Deliberately resuming with lr 1e-3: the continued run is the new optimizer's from the saved
+    state, step for step (compared with a run that switches optimizer without a checkpoint)."""
+    host, x, y = _problem()
+    params = _place(host, None)
+    old, new = adam_jax.adam(1e-2), adam_jax.adam(1e-3)
+    params, state = _make_step(old, x, y)(params, old.init(params))
+    adam_jax.save_checkpoint(tmp_path / "ckpt", params, state)
+    r_params, r_state = adam_jax.restore_checkpoint(
+        tmp_path / "ckpt", new, params, allow_changes={"learning_rate"}
+    )
+    assert adam_jax.hyperparams(r_state)["learning_rate"] == 1e-3
+    step = _make_step(new, x, y)
+    for _ in range(3):
+        r_params, r_state = step(r_params, r_state)
+        params, state = step(params, state)  # the saved state, moments and count as they were
+    _assert_bitwise_equal(r_params, params)
+    assert int(r_state[0].count) == 4
+
+
 def test_readme_multi_device_recipe(tmp_path, monkeypatch):
     """The README's "Several devices, one process" block runs as written, and does what it says."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import adam_jax
+from adam_jax import compat
 from tests import reference
 from tests.helpers import run_updates
 
@@ -82,7 +83,7 @@ def test_step_stats_match_reference(adamax, b1, b2, near):
     lr = 1e-2
     grads = reference.gradient_sequence(STEPS, dtype=np.float32)
     inner = (adam_jax.adamax if adamax else adam_jax.adam)(lr, b1=b1, b2=b2, eps=0.0)
-    tx = adam_jax.monitor(inner, learning_rate=lr, b1=b1, b2=b2, near=near)
+    tx = adam_jax.monitor(inner, near=near)  # hyperparameters read from the optimizer
     updates, stats = run_stats(tx, grads)
     plain, _ = run_updates(inner, grads)
     for k in plain:  # the monitor leaves the updates alone
@@ -105,7 +106,7 @@ def test_step_bound_holds_in_training_and_is_not_strict():
     """Section 2.1 on a noisy quadratic: |Delta| stays under the paper's bound. Geometrically
     growing gradients break it, but never the Cauchy-Schwarz bound (reference.strict_step_bound)."""
     lr, b1, b2 = 1e-2, 0.9, 0.999
-    tx = adam_jax.monitor(adam_jax.adam(lr, b1, b2, eps=0.0), learning_rate=lr, b1=b1, b2=b2)
+    tx = adam_jax.monitor(adam_jax.adam(lr, b1, b2, eps=0.0))
     rng = np.random.default_rng(0)
     target, noise = rng.normal(size=50), rng.normal(size=(300, 50))
 
@@ -125,7 +126,7 @@ def test_step_bound_holds_in_training_and_is_not_strict():
 
     # |g_t| = 1.5^t with b1 = 0.5, b2 = 0.9: m_hat/sqrt(v_hat) -> 1.16 * (1-b1)/sqrt(1-b2).
     b1, b2 = 0.5, 0.9
-    tx = adam_jax.monitor(adam_jax.adam(lr, b1, b2, eps=0.0), learning_rate=lr, b1=b1, b2=b2)
+    tx = adam_jax.monitor(adam_jax.adam(lr, b1, b2, eps=0.0))
     growing = [{"w": np.full(3, 1.5**t, np.float32)} for t in range(40)]
     _, stats = run_stats(tx, growing)
     strict = lr * np.array([reference.strict_step_bound(b1, b2, t) for t in range(1, 41)])
@@ -149,7 +150,7 @@ def test_hyperparameters_read_from_inject_hyperparams_with_schedule():
 
 def test_explicit_schedule_and_nonfinite_gradients():
     schedule = optax.exponential_decay(1.0, 1, 0.5)
-    tx = adam_jax.monitor(adam_jax.adamax(schedule), learning_rate=schedule, b1=0.9)
+    tx = adam_jax.monitor(adam_jax.adamax(schedule))
     grads = [{"w": np.array([1.0, np.nan, np.inf, 2.0], np.float32)}] * 3
     _, stats = run_stats(tx, grads)
     np.testing.assert_array_equal(stats["nonfinite_grads"], [2, 2, 2])
@@ -161,7 +162,7 @@ def test_explicit_schedule_and_nonfinite_gradients():
 def test_nonfinite_grads_counted_around_apply_if_finite():
     """The Reliability recipe: the guard skips the step, the monitor says why."""
     guarded = optax.apply_if_finite(adam_jax.adam(1e-3), max_consecutive_errors=5)
-    tx = adam_jax.monitor(guarded, learning_rate=1e-3, b1=0.9, b2=0.999)
+    tx = adam_jax.monitor(guarded)
     params = {"w": jnp.ones(3)}
     state = tx.init(params)
     updates, state = jax.jit(tx.update)({"w": jnp.array([1.0, jnp.nan, jnp.inf])}, state, params)
@@ -175,10 +176,264 @@ def test_monitor_errors():
     with pytest.raises(ValueError, match="ScaleByAdamState or ScaleByAdamaxState"):
         adam_jax.monitor(optax.sgd(0.1), learning_rate=0.1, b1=0.9, b2=0.9).init(params)
     with pytest.raises(ValueError, match="cannot find learning_rate, b1"):
-        adam_jax.monitor(adam_jax.adam(), b2=0.999).init(params)
+        adam_jax.monitor(optax.adam(1e-3), b2=0.999).init(params)  # optax records nothing
     with pytest.raises(ValueError, match="near="):
         adam_jax.monitor(adam_jax.adam(), near=0.0)
     with pytest.raises(ValueError, match="b2="):
         adam_jax.monitor(adam_jax.adam(), b2=1.0)
     with pytest.raises(ValueError, match="exactly one MonitorState"):
         adam_jax.step_stats(adam_jax.adam().init(params))
+    with pytest.raises(ValueError, match="every="):
+        adam_jax.monitor(adam_jax.adam(), every=0)
+
+
+STAT_FIELDS = (
+    "max_step",
+    "mean_step",
+    "step_bound",
+    "frac_near_bound",
+    "mean_snr",
+    "bias_correction_1",
+    "bias_correction_2",
+    "nonfinite_grads",
+    "step",
+)
+MASK = {"dense": True, "sparse": False}
+
+# (name, transformation, alpha, b1, b2 or None for AdaMax): every constructor that records its
+# hyperparameters, alone and inside the wrappers they must survive.
+CONSTRUCTORS = [
+    ("adam", lambda: adam_jax.adam(1e-2, b1=0.8, b2=0.99), 1e-2, 0.8, 0.99),
+    ("adamw", lambda: adam_jax.adamw(1e-2, 0.8, 0.99, weight_decay=0.1), 1e-2, 0.8, 0.99),
+    ("adamax", lambda: adam_jax.adamax(2e-2, b1=0.7), 2e-2, 0.7, None),
+    ("scale_by_adam", lambda: adam_jax.scale_by_adam(0.5, 0.9), 1.0, 0.5, 0.9),
+    ("scale_by_adamax", lambda: adam_jax.scale_by_adamax(0.5), 1.0, 0.5, None),
+    ("torch_adam", lambda: compat.torch_adam(1e-2, (0.8, 0.99), amsgrad=True), 1e-2, 0.8, 0.99),
+    ("torch_adamw", lambda: compat.torch_adamw(3e-2, (0.6, 0.95)), 3e-2, 0.6, 0.95),
+    ("torch_adamax", lambda: compat.torch_adamax(1e-2, (0.7, 0.9)), 1e-2, 0.7, None),
+    ("keras_adam", lambda: compat.keras_adam(1e-2, 0.8, 0.99), 1e-2, 0.8, 0.99),
+    ("keras_adamw", lambda: compat.keras_adamw(1e-2, 0.1, 0.8, 0.99), 1e-2, 0.8, 0.99),
+    ("keras_adamax", lambda: compat.keras_adamax(1e-2, 0.7), 1e-2, 0.7, None),
+    (
+        "inject(adam)",
+        lambda: optax.inject_hyperparams(adam_jax.adam)(learning_rate=1e-2, b1=0.8, b2=0.99),
+        1e-2,
+        0.8,
+        0.99,
+    ),
+    (
+        "inject(adamax, schedule)",
+        lambda: optax.inject_hyperparams(adam_jax.adamax)(optax.constant_schedule(4e-2), 0.7),
+        4e-2,
+        0.7,
+        None,
+    ),
+    (
+        "inject(keras_adam)",
+        lambda: optax.inject_hyperparams(compat.keras_adam)(learning_rate=1e-2, beta_1=0.8),
+        1e-2,
+        0.8,
+        0.999,
+    ),
+    (
+        "chain",
+        lambda: optax.chain(optax.clip(0.5), adam_jax.adam(1e-2, b1=0.8, b2=0.99)),
+        1e-2,
+        0.8,
+        0.99,
+    ),
+    ("masked", lambda: optax.masked(adam_jax.adam(1e-2, b1=0.8, b2=0.99), MASK), 1e-2, 0.8, 0.99),
+    (
+        "quantized_moments",
+        lambda: adam_jax.quantized_moments(adam_jax.adam(1e-2, b1=0.8, b2=0.99)),
+        1e-2,
+        0.8,
+        0.99,
+    ),
+    (
+        "apply_if_finite",
+        lambda: optax.apply_if_finite(adam_jax.adamax(2e-2, b1=0.7), 3),
+        2e-2,
+        0.7,
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CONSTRUCTORS, ids=[c[0] for c in CONSTRUCTORS])
+def test_every_constructor_under_monitor_with_nothing_else(case):
+    """monitor(tx) finds alpha, b1 and b2 itself: the bound and the bias corrections are the
+    paper's for those values, and max_step is the largest |update| of the unmonitored tx."""
+    _, make, alpha, b1, b2 = case
+    grads = reference.gradient_sequence(8, dtype=np.float32)
+    _, stats = run_stats(adam_jax.monitor(make()), grads)
+    plain, _ = run_updates(make(), grads)
+    t = np.arange(1, 9)
+    bound = alpha * (1.0 if b2 is None else reference.step_bound(b1, b2))
+    np.testing.assert_allclose(stats["step_bound"], bound, rtol=2e-5)  # float32 if injected
+    np.testing.assert_allclose(stats["bias_correction_1"], 1 - b1**t, rtol=1e-5)
+    np.testing.assert_allclose(
+        stats["bias_correction_2"], 1.0 if b2 is None else 1 - b2**t, rtol=1e-4
+    )
+    largest = np.max([np.abs(np.asarray(plain[k])).reshape(8, -1).max(1) for k in plain], axis=0)
+    np.testing.assert_allclose(stats["max_step"], largest, rtol=1e-6)
+    np.testing.assert_array_equal(stats["step"], t)
+    if case[0] == "quantized_moments":  # the stored 8-bit moments are not m_t, v_t
+        assert np.all(np.isnan(stats["mean_snr"]))
+    else:
+        assert np.all(np.isfinite(stats["mean_snr"])) and np.all(stats["mean_snr"] > 0)
+
+
+def test_a_contradicting_hyperparameter_is_an_error_naming_both_values():
+    params = {"w": jnp.ones(2)}
+    with pytest.raises(ValueError, match=r"learning_rate=0\.001 was passed.*learning_rate=0\.01"):
+        adam_jax.monitor(adam_jax.adam(1e-2), learning_rate=1e-3).init(params)
+    with pytest.raises(ValueError, match=r"b1=0\.5 was passed.*b1=0\.9"):
+        adam_jax.monitor(adam_jax.adamw(1e-2), b1=0.5).init(params)
+    with pytest.raises(ValueError, match=r"b2=0\.99 was passed.*b2=0\.999"):
+        adam_jax.monitor(compat.torch_adam(), b2=0.99).init(params)
+    schedule = optax.constant_schedule(1e-2)
+    with pytest.raises(
+        ValueError, match=r"learning_rate=0\.01 was passed.*learning_rate=<function"
+    ):
+        adam_jax.monitor(adam_jax.adam(schedule), learning_rate=1e-2).init(params)
+    injected = optax.inject_hyperparams(adam_jax.adam)(learning_rate=1e-2)
+    with pytest.raises(ValueError, match=r"learning_rate=0\.01 was passed.*injected"):
+        adam_jax.monitor(injected, learning_rate=1e-2).init(params)
+    # Repeating the optimizer's own values is allowed (to float32 rounding).
+    tx = adam_jax.monitor(adam_jax.adam(1e-2), learning_rate=np.float32(1e-2), b1=0.9, b2=0.999)
+    tx.init(params)
+    same = adam_jax.monitor(adam_jax.adam(schedule), learning_rate=schedule)
+    same.init(params)
+
+
+def test_injected_values_are_read_at_run_time_without_recompiling():
+    tx = adam_jax.monitor(
+        optax.inject_hyperparams(adam_jax.adam)(learning_rate=1e-2, b1=0.9, b2=0.999)
+    )
+    params = {"w": jnp.linspace(-1.0, 1.0, 6)}
+    traces = []
+
+    def step(grads, state):
+        traces.append(1)  # runs once per compilation
+        return tx.update(grads, state, params)
+
+    update = jax.jit(step)
+    state = tx.init(params)
+    for t, (lr, b1) in enumerate([(1e-2, 0.9), (5e-3, 0.9), (5e-3, 0.5), (1e-1, 0.99)], start=1):
+        inner = state.inner_state
+        changed = dict(inner.hyperparams, learning_rate=jnp.float32(lr), b1=jnp.float32(b1))
+        state = state._replace(inner_state=inner._replace(hyperparams=changed))
+        _, state = update({"w": jnp.full(6, 0.5)}, state)
+        stats = adam_jax.step_stats(state)
+        bound = lr * reference.step_bound(b1, 0.999)
+        np.testing.assert_allclose(stats["step_bound"], bound, rtol=2e-5)  # float32 b2
+        np.testing.assert_allclose(stats["bias_correction_1"], 1 - b1**t, rtol=1e-5)
+    assert len(traces) == 1
+    assert update._cache_size() == 1
+
+
+def test_statistics_stay_finite_for_skipped_steps_and_zero_gradients():
+    b1, b2 = 0.9, 0.999
+    tx = adam_jax.monitor(optax.apply_if_finite(adam_jax.adam(1e-2, b1, b2), 5))
+    params = {"w": jnp.ones(3)}
+    update = jax.jit(tx.update)
+    state = tx.init(params)
+
+    _, state = update({"w": jnp.array([jnp.nan, 1.0, jnp.inf])}, state, params)  # skipped: t = 0
+    stats = {k: float(v) for k, v in adam_jax.step_stats(state).items()}
+    assert all(np.isfinite(v) for v in stats.values()), stats
+    assert stats["step"] == 0 and stats["nonfinite_grads"] == 2 and stats["mean_snr"] == 0.0
+
+    _, state = update({"w": jnp.zeros(3)}, state, params)  # t = 1, zero gradient: v = 0
+    stats = {k: float(v) for k, v in adam_jax.step_stats(state).items()}
+    assert all(np.isfinite(v) for v in stats.values()), stats
+    assert stats["step"] == 1 and stats["max_step"] == 0.0 and stats["mean_snr"] == 0.0
+
+    _, state = update({"w": jnp.array([1.0, -2.0, 3.0])}, state, params)  # t = 2
+    # m_2 = (1-b1) g, v_2 = (1-b2) g^2: |m_hat|/sqrt(v_hat) is the same for every element.
+    snr = (1 - b1) / (1 - b1**2) / np.sqrt((1 - b2) / (1 - b2**2))
+    np.testing.assert_allclose(float(adam_jax.step_stats(state)["mean_snr"]), snr, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("every", [1, 2])
+def test_every_float_dtype_under_jit(dtype, every):
+    """float64 needs jax_enable_x64; the statistics are float32 scalars for every dtype."""
+    lr, b1, b2, steps = 1e-2, 0.9, 0.999, 3
+    host = [np.sin(np.arange(8.0) * (t + 1)) + 0.1 for t in range(steps)]
+    with jax.enable_x64(dtype == "float64"):
+        params = {"w": jnp.zeros(8, dtype)}
+        tx = adam_jax.monitor(adam_jax.adam(lr, b1, b2, eps=0.0), every=every)
+        update = jax.jit(tx.update)
+        state = tx.init(params)
+        for g in host:
+            updates, state = update({"w": jnp.asarray(g, dtype)}, state, params)
+        assert updates["w"].dtype == jnp.dtype(dtype)
+        stats = {k: np.asarray(v) for k, v in adam_jax.step_stats(state).items()}
+    computed = 1 + (steps - 1) // every * every  # the last step the statistics describe
+    grads = [np.asarray(g, jnp.dtype(dtype)).astype(np.float64) for g in host]  # as rounded
+    want = lr * np.abs(reference.adam(grads[:computed], b1=b1, b2=b2, eps=0.0)[-1])
+    rtol = {"float16": 2e-3, "bfloat16": 1e-2}.get(dtype, 1e-5)
+    assert stats["step"] == computed
+    assert all(v.dtype in (np.float32, np.int32) for v in stats.values())
+    assert all(np.isfinite(v) for v in stats.values())
+    np.testing.assert_allclose(stats["max_step"], want.max(), rtol=rtol)
+    np.testing.assert_allclose(stats["mean_step"], want.mean(), rtol=rtol)
+
+
+def test_every_k_steps_holds_the_last_computed_statistics():
+    lr, b1, b2, every = 1e-2, 0.9, 0.999, 5
+    grads = reference.gradient_sequence(12, dtype=np.float32)
+    _, stats = run_stats(adam_jax.monitor(adam_jax.adam(lr, b1, b2, eps=0.0), every=every), grads)
+    want = expected_stats(grads, lr, b1, b2, near=0.9)
+    described = np.array([1, 1, 1, 1, 1, 6, 6, 6, 6, 6, 11, 11])  # t = 1, 6, 11, ... then held
+    np.testing.assert_array_equal(stats["step"], described)
+    for name in ("max_step", "mean_step", "mean_snr", "bias_correction_1", "bias_correction_2"):
+        np.testing.assert_allclose(stats[name], want[name][described - 1], rtol=2e-5, err_msg=name)
+
+
+def test_step_stats_keeps_its_fields():
+    tx = adam_jax.monitor(adam_jax.adam())
+    state = tx.init({"w": jnp.ones(2)})
+    assert tuple(adam_jax.step_stats(state)) == STAT_FIELDS
+    assert adam_jax.StepStats._fields == STAT_FIELDS
+
+
+def test_hyperparams_record_survives_wrappers_jit_and_eval_shape():
+    params = {"dense": jnp.ones((3, 4)), "sparse": jnp.ones(5)}
+    grads = jax.tree.map(jnp.ones_like, params)
+    base = adam_jax.adam(1e-2, b1=0.8, eps=0.0, amsgrad=True)
+    wrapped = [
+        base,
+        optax.chain(optax.clip(1.0), base),
+        optax.masked(base, MASK),
+        adam_jax.quantized_moments(base),
+        optax.apply_if_finite(base, 3),
+        optax.inject_hyperparams(adam_jax.adam, static_args=("learning_rate",))(1e-2, b1=0.8),
+    ]
+    for tx in wrapped:
+        for state in (
+            jax.jit(tx.init)(params),
+            jax.eval_shape(tx.init, params),
+            jax.jit(tx.update)(grads, tx.init(params), params)[1],
+        ):
+            found = adam_jax.hyperparams(state)
+            assert found["learning_rate"] == 1e-2
+            if isinstance(found["b1"], jax.ShapeDtypeStruct):  # injected, under eval_shape
+                continue
+            assert float(found["b1"]) == pytest.approx(0.8)  # an array where injected
+            assert float(found["b2"]) == pytest.approx(0.999)
+    found = adam_jax.hyperparams(base.init(params))
+    assert found["amsgrad"] is True and found["eps"] == 0.0 and found["mu_dtype"] is None
+    with pytest.raises(ValueError, match="found 0"):
+        adam_jax.hyperparams(optax.adam(1e-2).init(params))
+
+
+def test_the_module_no_longer_collides_with_the_function():
+    from pathlib import Path
+
+    from adam_jax import monitor, monitoring
+
+    assert monitor is monitoring.monitor and callable(monitor)
+    assert not (Path(adam_jax.__file__).parent / "monitor.py").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import chex
@@ -12,6 +13,7 @@ import optax
 import pytest
 
 import adam_jax
+from adam_jax import compat
 from tests import reference
 from tests.helpers import assert_normwise_close, reference_per_leaf, run_updates
 
@@ -197,30 +199,36 @@ def test_inverse_sqrt_schedule():
     np.testing.assert_allclose(np.asarray(out["w"][:, 0]), -0.1 / np.sqrt([1, 2, 3, 4]), rtol=1e-5)
 
 
-@pytest.mark.parametrize("eps_hat", [False, True])
+# The PyTorch conventions live in adam_jax.compat (through the core's private hooks); with lr = 1
+# a preset's update is minus the rescaled gradient, checked here against the NumPy reference.
 @pytest.mark.parametrize("hyper", ADAM_HYPER, ids=_opt_id)
-def test_adam_amsgrad_raw_max_matches_reference(hyper, eps_hat):
-    options = dict(amsgrad=True, amsgrad_raw_max=True, eps_hat=eps_hat)
+def test_torch_amsgrad_raw_max_matches_reference(hyper):
     with jax.enable_x64(True):
         grads = reference.gradient_sequence(STEPS)
-        ours, _ = run_updates(adam_jax.scale_by_adam(**hyper, **options), grads)
-        ref = reference_per_leaf(reference.adam, grads, **hyper, **options)
+        tx = compat.torch_adam(1.0, (hyper["b1"], hyper["b2"]), hyper["eps"], amsgrad=True)
+        ours, _ = run_updates(tx, grads)
+        ref = reference_per_leaf(reference.adam, grads, **hyper, amsgrad=True, amsgrad_raw_max=True)
         for k in ref:
-            np.testing.assert_allclose(np.asarray(ours[k]), ref[k], rtol=1e-9, atol=0)
-        # The raw maximum is a different rule from the maximum of v_hat (except with eps_hat).
-        other = reference_per_leaf(reference.adam, grads, **hyper, amsgrad=True, eps_hat=eps_hat)
-        differs = any(not np.allclose(ours[k], other[k], rtol=1e-6) for k in ref)
-        assert differs != eps_hat
+            np.testing.assert_allclose(-np.asarray(ours[k]), ref[k], rtol=1e-9, atol=0)
+        # The raw maximum is a different rule from the maximum of v_hat (scale_by_adam's).
+        other = reference_per_leaf(reference.adam, grads, **hyper, amsgrad=True)
+        assert any(not np.allclose(-ours[k], other[k], rtol=1e-6) for k in ref)
 
 
 @pytest.mark.parametrize("eps", [1e-8, 1e-2])
-def test_adamax_eps_in_max_matches_reference(eps):
+def test_torch_adamax_eps_in_max_matches_reference(eps):
     with jax.enable_x64(True):
         grads = reference.gradient_sequence(STEPS)
-        ours, _ = run_updates(adam_jax.scale_by_adamax(eps=eps, eps_in_max=True), grads)
+        ours, _ = run_updates(compat.torch_adamax(1.0, eps=eps), grads)
         ref = reference_per_leaf(reference.adamax, grads, eps=eps, eps_in_max=True)
         for k in ref:
-            np.testing.assert_allclose(np.asarray(ours[k]), ref[k], rtol=1e-9, atol=0)
+            np.testing.assert_allclose(-np.asarray(ours[k]), ref[k], rtol=1e-9, atol=0)
         if eps >= 1e-2:  # a large eps makes the placement visible
             outside = reference_per_leaf(reference.adamax, grads, eps=eps)
-            assert not np.allclose(ours["sparse"], outside["sparse"], rtol=1e-6)
+            assert not np.allclose(-ours["sparse"], outside["sparse"], rtol=1e-6)
+
+
+def test_core_keeps_only_the_papers_options():
+    """The PyTorch switches are not options of the paper's transformations."""
+    assert "amsgrad_raw_max" not in inspect.signature(adam_jax.scale_by_adam).parameters
+    assert "eps_in_max" not in inspect.signature(adam_jax.scale_by_adamax).parameters

@@ -159,7 +159,7 @@ PAIR_BAD_VALUES = {"betas": (0.9, 1.5)}
 # Where a constructor gives one of these names another meaning (say a learning-rate ``decay``
 # >= 0), put its own out-of-range value here: {("adam_jax.module.name", "arg"): value}.
 BAD_VALUE_OVERRIDES: dict[tuple[str, str], object] = {}
-OPTIONAL_MODULES = ["adam_jax.compat", "adam_jax.monitor", "adam_jax.schedules"]
+OPTIONAL_MODULES = ["adam_jax.compat", "adam_jax.monitoring", "adam_jax.schedules"]
 
 
 def _public_constructors():
