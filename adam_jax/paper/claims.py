@@ -159,12 +159,12 @@ def _log_ratio(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
 
 
 def lower(costs: dict[str, dict[int, float]], a: str, b: str) -> Statement:
-    """"a reaches a lower cost than b"."""
+    """ "a reaches a lower cost than b"."""
     return Statement(f"{a} < {b}", _log_ratio(costs.get(a, {}), costs.get(b, {})))
 
 
 def as_fast(costs: dict[str, dict[int, float]], a: str, b: str) -> Statement:
-    """"a is as fast as b": a's cost at most 25% above b's."""
+    """ "a is as fast as b": a's cost at most 25% above b's."""
     return Statement(f"{a} ≲ {b}", _log_ratio(costs.get(a, {}), costs.get(b, {})), AS_FAST)
 
 
@@ -374,7 +374,9 @@ def _vae_claims(table, few: int, many: int) -> list[Claim]:
         "with correction, β2=0.99": best_over_alpha(table, True, b1s, (0.99,), many),
         "without correction": best_over_alpha(table, False, b1s, (0.99, 0.999, 0.9999), many),
     }
-    other = {s: min(v[s] for v in rest.values()) for s in good if all(s in v for v in rest.values())}
+    other = {
+        s: min(v[s] for v in rest.values()) for s in good if all(s in v for v in rest.values())
+    }
     claims.append(_claim(
         f"Fig. 4, {many} epochs",
         "VAE: the best results need small 1-β2 (β2 ≥ 0.999) and bias correction",
@@ -406,8 +408,8 @@ def summary_markdown(claims: list[Claim], header: str, footer: str) -> str:
     counts = {v: sum(c.verdict == v for c in claims) for v in ("yes", "no", "inconclusive")}
     lines += [
         "",
-        f"{counts['yes']} of {len(claims)} claims reproduced, {counts['no']} not reproduced, "
-        f"{counts['inconclusive']} inconclusive.",
+        f"{counts['yes']} of {len(claims)} claims reproduced in this run, {counts['no']} not "
+        f"reproduced, {counts['inconclusive']} inconclusive.",
     ]
     explained = [c for c in claims if c.verdict != "yes"]
     if explained:

@@ -43,9 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from adam_jax.paper import runner
 
     def grids(g: dict) -> str:
-        return ", ".join(
-            f"{runner.LABELS[o]} {v[0]:g}..{v[-1]:g} ({len(v)})" for o, v in g.items()
-        )
+        return ", ".join(f"{runner.LABELS[o]} {v[0]:g}..{v[-1]:g} ({len(v)})" for o, v in g.items())
 
     parser.add_argument("figure", choices=FIGURE_CHOICES, help="which figure of Section 6 (or all)")
     size = parser.add_mutually_exclusive_group()
@@ -122,7 +120,10 @@ def _git_commit() -> str | None:
         return None
     try:
         commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],

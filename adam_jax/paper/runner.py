@@ -279,7 +279,9 @@ class Results:
         """The kept rows of the runs ``keys`` if every one of them finished (has its
         ``last_epoch`` row), else None (they are trained again, as one group)."""
         rows = [self.kept.get(k, []) for k in keys]
-        if all(any(r["epoch"] == str(last_epoch) and not r["iteration"] for r in rs) for rs in rows):
+        if all(
+            any(r["epoch"] == str(last_epoch) and not r["iteration"] for r in rs) for rs in rows
+        ):
             self.finished_runs += len(keys)
             return [r for rs in rows for r in rs]
         for k in keys:
