@@ -416,3 +416,11 @@ def summary_markdown(claims: list[Claim], header: str, footer: str) -> str:
         lines += ["", "Why the other claims are not `yes`:", ""]
         lines += [f"- **{c.figure}** ({c.verdict}): {c.reason}" for c in explained]
     return "\n".join([*lines, "", footer]).rstrip() + "\n"
+
+
+def claims_table(summary: str) -> str:
+    """The claims table and the verdict count of a ``summary.md`` (what the README quotes)."""
+    lines = summary.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| figure |"))
+    end = next(i for i, line in enumerate(lines) if "claims reproduced in this run" in line)
+    return "\n".join(lines[start : end + 1])

@@ -211,7 +211,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         datasets = runner.load_data(wanted, budget, args.data_dir)
     except (DataError, FileNotFoundError) as err:
         return _error(str(err))
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the plain bar: tqdm.auto warns in notebooks without ipywidgets
 
     sitting = {"start": _now(), "end": None, "status": "running", "figure_seconds": {}}
     sittings.append(sitting)
