@@ -60,7 +60,7 @@ def _curves_axis(ax, rows, panel, title, log, x_field="epoch", per_epoch=1):
     dataset = next((r["dataset"] for r in rows if r["panel"] == panel), "")
     for opt, (lr, x, losses) in seed_curves(rows, panel, x_field).items():
         color, style = STYLES[opt]
-        x = x / per_epoch
+        x = (x - 1) / per_epoch if x_field == "iteration" else x  # iteration 1: before step 1
         ax.plot(x, losses.mean(0), style, color=color, lw=1.2, label=f"{LABELS[opt]} (α={lr:g})")
         if len(losses) > 1:
             ax.fill_between(x, losses.min(0), losses.max(0), color=color, alpha=0.18, lw=0)
