@@ -207,8 +207,11 @@ def test_vae_claims_follow_section_6_4():
 
     result = claims.check(vae_rows(paper_like), few=1, many=3)
     assert [c.figure for c in result] == [
-        "Fig. 4, 1 epochs", "Fig. 4, 3 epochs", "Fig. 4, 1 epochs", "Fig. 4, 3 epochs"
-    ]  # fmt: skip
+        "Fig. 4 (best over α), 1 epochs",
+        "Fig. 4 (best over α), 3 epochs",
+        "Fig. 4 (stability), 1 epochs",
+        "Fig. 4 (best setting), 3 epochs",
+    ]
     assert [c.verdict for c in result] == ["yes"] * 4
     # 2 alphas x 2 beta1 = 4 of 10 runs unstable without correction at beta2 = 0.9999
     assert "β2=0.9999: 0 ± 0 / 4 ± 0" in result[2].measured
