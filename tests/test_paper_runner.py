@@ -256,6 +256,26 @@ def test_grid_extends_past_an_edge_a_bounded_number_of_steps(tmp_path, monkeypat
     assert runner.extend_grid((2e-3, 6e-3), up=True) == 2e-2
 
 
+def test_resumed_fig3_rows_equal_the_first_run(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train, "train_runs", fake_train_runs(calls))
+    budget = runner.Budget(
+        "t", {"fig3": 2, "fig3_early": 1}, {o: (0.3, 1.0) for o in runner.LABELS}, seeds=2
+    )
+    panel = runner.Panel("fig3", "fig3", "cifar10", ("adam", "sgd_nesterov"))
+    ds = data.Dataset("cifar10", np.zeros((256, 1, 8, 8), np.float32), np.zeros(256, np.int32),
+                      2, "d")  # fmt: skip
+    path = tmp_path / "results.csv"
+    first = runner.run_panel(panel, ds, budget, [0, 1], runner.Results(path, False),
+                             runner.Progress())  # fmt: skip
+    # 3 rates (0.1 added below the edge) x 2 optimizers x 2 seeds x 2 iterations
+    assert sum(r["panel"] == "fig3_iter" for r in first) == 3 * 2 * 2 * 2
+    n_calls = len(calls)
+    again = runner.run_panel(panel, ds, budget, [0, 1], runner.Results(path, True),
+                             runner.Progress())  # fmt: skip
+    assert len(calls) == n_calls and again == first  # nothing trained again, same rows
+
+
 def run_cli(*args):
     return cli.main(["reproduce", *args, "--no-progress"])
 

@@ -257,7 +257,9 @@ RunKey = tuple[str, str, str, str]  # (panel, optimizer, hyperparameters, seed)
 
 
 def run_key(row: dict) -> RunKey:
-    return (row["panel"], row["optimizer"], row["hyperparameters"], str(row["seed"]))
+    """The run a row belongs to (Fig. 3's per-iteration rows belong to their ``fig3`` run)."""
+    panel = row["panel"].removesuffix("_iter")
+    return (panel, row["optimizer"], row["hyperparameters"], str(row["seed"]))
 
 
 class Results:
