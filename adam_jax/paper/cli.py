@@ -213,37 +213,40 @@ def _reproduce(args: argparse.Namespace) -> int:
         return _error(str(err))
     from tqdm import tqdm  # the plain bar: tqdm.auto warns in notebooks without ipywidgets
 
-    sitting = {"start": _now(), "end": None, "status": "running", "figure_seconds": {}}
+    sitting = {
+        "start": _now(),
+        "end": None,
+        "status": "running",
+        "figure_seconds": {},
+        "figure_cpu_seconds": {},
+    }
     sittings.append(sitting)
 
     def save_json(status: str) -> None:
         sitting.update(end=_now(), status=status)
-        totals: dict[str, float] = {}
+        totals: dict[str, dict[str, float]] = {"figure_seconds": {}, "figure_cpu_seconds": {}}
         for s in sittings:
-            for fig, sec in s["figure_seconds"].items():
-                totals[fig] = round(totals.get(fig, 0.0) + sec, 1)
-        info.update(status=status, figure_seconds=totals, sittings=sittings)
+            for field, total in totals.items():
+                for fig, sec in s.get(field, {}).items():
+                    total[fig] = round(total.get(fig, 0.0) + sec, 1)
+        info.update(status=status, **totals, sittings=sittings)
         run_json.write_text(json.dumps(info, indent=2) + "\n")
 
     results = runner.Results(out / "results.csv", resume=args.resume)
     save_json("running")
-    seconds = sitting["figure_seconds"]
+    seconds, cpu = sitting["figure_seconds"], sitting["figure_cpu_seconds"]
     total = runner.work_units(wanted, budget, len(seeds))
     with tqdm(
         total=total, unit="run-epoch", disable=args.no_progress, desc=f"reproduce {args.figure}"
     ) as bar:
         try:
             rows = runner.run(
-                wanted, budget, seeds, datasets, results, runner.Progress(bar), seconds
+                wanted, budget, seeds, datasets, results, runner.Progress(bar), seconds, cpu
             )
         except KeyboardInterrupt:
             bar.close()
-            for fig in seconds:
-                seconds[fig] = round(seconds[fig], 1)
             save_json("interrupted")
             raise
-    for fig in seconds:
-        seconds[fig] = round(seconds[fig], 1)
     runner.write_csv(rows, out / "results.csv")
     rows = runner.read_csv(out / "results.csv")  # figures and claims come from the file itself
     save_json("finished")
@@ -282,8 +285,12 @@ def _header(args, budget, seeds, rows, info) -> str:
             f"# Section 6 reproduction: {args.figure} ({budget.name} run, seeds "
             f"{', '.join(map(str, seeds))})",
             "",
-            "Training time per figure (s, summed over sittings): "
-            + ", ".join(f"{k} {v:.0f}" for k, v in sec.items())
+            "Training time per figure (s, summed over sittings; wall clock, then CPU time of "
+            "this process): "
+            + ", ".join(
+                f"{k} {v:.0f} (CPU {info['figure_cpu_seconds'].get(k, 0):.0f})"
+                for k, v in sec.items()
+            )
             + f". Versions, commit and device: `run.json` (adam_jax {info['adam_jax']}, "
             f"jax {info['jax']}, {info['device']}).",
             "",
