@@ -87,7 +87,9 @@ def _save(fig, path: Path, note: str, data_note: str) -> Path:
 def figure1(rows: list[dict], out: Path, note: str) -> Path:
     """Fig. 1: logistic regression, MNIST-like (left) and bag-of-words (right); linear scale."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    d1 = _curves_axis(axes[0], rows, "fig1_mnist", "logistic regression (α/√t)", log=False)
+    d1 = _curves_axis(
+        axes[0], rows, "fig1_mnist", "logistic regression (α/√t, AdaGrad constant α)", log=False
+    )
     d2 = _curves_axis(
         axes[1], rows, "fig1_imdb", "bag-of-words logistic regression, 50% dropout", log=False
     )
