@@ -225,9 +225,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     def save_json(status: str) -> None:
         sitting.update(end=_now(), status=status)
         totals: dict[str, dict[str, float]] = {"figure_seconds": {}, "figure_cpu_seconds": {}}
-        for s in sittings:
-            for field, total in totals.items():
-                for fig, sec in s.get(field, {}).items():
+        for field, total in totals.items():
+            if not all(field in s for s in sittings):
+                continue  # a sitting of an older version did not measure it: no partial sums
+            for s in sittings:
+                for fig, sec in s[field].items():
                     total[fig] = round(total.get(fig, 0.0) + sec, 1)
         info.update(status=status, **totals, sittings=sittings)
         run_json.write_text(json.dumps(info, indent=2) + "\n")
@@ -288,7 +290,8 @@ def _header(args, budget, seeds, rows, info) -> str:
             "Training time per figure (s, summed over sittings; wall clock, then CPU time of "
             "this process): "
             + ", ".join(
-                f"{k} {v:.0f} (CPU {info['figure_cpu_seconds'].get(k, 0):.0f})"
+                f"{k} {v:.0f}"
+                + (f" (CPU {cpu[k]:.0f})" if k in (cpu := info["figure_cpu_seconds"]) else "")
                 for k, v in sec.items()
             )
             + f". Versions, commit and device: `run.json` (adam_jax {info['adam_jax']}, "

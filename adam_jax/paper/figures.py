@@ -68,7 +68,7 @@ def _curves_axis(ax, rows, panel, title, log, x_field="epoch", per_epoch=1):
         ax.set_yscale("log")
     ax.set_xlabel("iterations over entire dataset (epochs)")
     ax.set_ylabel("training cost")
-    ax.set_title(f"{data_name(dataset)}: {title}", fontsize=9)
+    ax.set_title(f"{data_name(dataset)}\n{title}", fontsize=9)
     ax.legend(fontsize=7)
     return dataset
 
