@@ -101,9 +101,9 @@ def zipf_corpus(
     than about 1 - label_noise of the documents and the cost cannot go to 0 by separating the
     classes (calibration: with 20% noise the best possible cross-entropy is at least the noise's
     entropy, 0.50 nats, whenever the weights cannot memorise single documents, which needs more
-    documents than features: the full run's 25,000 against 10,000 words; the quick run's 2,000
-    documents can in principle be memorised, which its few epochs do not approach). Features
-    are word counts (uint8); label 1 is positive.
+    documents than features: the full run's 25,000 against 10,000 words. The quick run's 2,000
+    documents are fewer than the features, and its runs do memorise the flipped labels, ending
+    below 0.50). Features are word counts (uint8); label 1 is positive.
     """
     rng = np.random.default_rng(seed)
     p = 1.0 / np.arange(1, vocab + 1)
