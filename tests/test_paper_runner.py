@@ -276,6 +276,17 @@ def test_resumed_fig3_rows_equal_the_first_run(tmp_path, monkeypatch):
     assert len(calls) == n_calls and again == first  # nothing trained again, same rows
 
 
+def test_resumed_rows_are_the_written_rows(tmp_path):
+    path = tmp_path / "results.csv"
+    row = {f: "" for f in runner.FIELDS}
+    row.update(panel="fig4", optimizer="adam", hyperparameters="h", seed="0", selected="0")
+    rows = [{**row, "epoch": str(e), "loss": str(1.0 / (e + 1))} for e in range(3)]
+    runner.Results(path, resume=False).add(rows)
+    resumed = runner.Results(path, resume=True)
+    assert resumed.take([("fig4", "adam", "h", "0")], 2) == rows
+    assert resumed.take([("fig4", "adam", "h", "1")], 2) is None  # never run
+
+
 def run_cli(*args):
     return cli.main(["reproduce", *args, "--no-progress"])
 

@@ -272,7 +272,6 @@ class Results:
         self.kept: dict[RunKey, list[dict]] = {}
         if resume and path.is_file():
             for row in read_csv(path):
-                row["selected"] = ""
                 self.kept.setdefault(run_key(row), []).append(row)
         write_csv([r for rows in self.kept.values() for r in rows], path)
         self.finished_runs = 0
