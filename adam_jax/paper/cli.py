@@ -216,6 +216,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     sitting = {
         "start": _now(),
         "end": None,
+        "resume": bool(args.resume),
+        "git_commit": info["git_commit"],
         "status": "running",
         "figure_seconds": {},
         "figure_cpu_seconds": {},
