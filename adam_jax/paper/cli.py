@@ -126,12 +126,12 @@ def _git_commit() -> str | None:
             timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "adam_jax"],
             capture_output=True, text=True, timeout=10,
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
-    return (commit + ("+uncommitted changes" if dirty else "")) or None
+    return (commit + ("+uncommitted changes to adam_jax" if dirty else "")) or None
 
 
 def provenance(args: argparse.Namespace, budget_name: str, figures, seeds) -> dict:
@@ -233,7 +233,12 @@ def _reproduce(args: argparse.Namespace) -> int:
             for s in sittings:
                 for fig, sec in s[field].items():
                     total[fig] = round(total.get(fig, 0.0) + sec, 1)
-        info.update(status=status, **totals, sittings=sittings)
+        fields = ("figure_seconds", "figure_cpu_seconds")
+        rounded = [
+            {**s, **{f: {k: round(v, 1) for k, v in s[f].items()} for f in fields if f in s}}
+            for s in sittings
+        ]
+        info.update(status=status, **totals, sittings=rounded)
         run_json.write_text(json.dumps(info, indent=2) + "\n")
 
     results = runner.Results(out / "results.csv", resume=args.resume)
