@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import adam_jax
+
+MAX_SEED = 2**32 - 1
+
+
+def check_arguments(steps: object, seed: object) -> str | None:
+    """The problem with ``steps`` and ``seed`` (naming the argument and what is allowed), or None."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        return f"--steps must be an integer >= 1, got {steps!r}"
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, (int, np.integer))
+        or not 0 <= seed <= MAX_SEED
+    ):
+        return f"--seed must be an integer in [0, {MAX_SEED}], got {seed!r}"
+    return None
 
 
 def make_data(seed: int, n: int = 512, dim: int = 20) -> tuple[jax.Array, jax.Array]:
@@ -19,7 +36,23 @@ def make_data(seed: int, n: int = 512, dim: int = 20) -> tuple[jax.Array, jax.Ar
 
 
 def run(steps: int = 300, seed: int = 0) -> float:
-    """Train for ``steps`` full-batch Adam steps, print progress, return the final loss."""
+    """Train for ``steps`` full-batch Adam steps, print progress, return the final loss.
+
+    Arguments are checked before any work: a bad one prints a message naming it and exits with
+    code 2; Ctrl-C prints one line and exits with code 130 (no traceback either way).
+    """
+    problem = check_arguments(steps, seed)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        return _train(steps, seed)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _train(steps: int, seed: int) -> float:
     x, y = make_data(seed)
     params = {"w": jnp.zeros(x.shape[1]), "b": jnp.zeros(())}
 

@@ -105,10 +105,40 @@ def test_imdb_svmlight(tmp_path):
     assert ds.x[0, 0] == 3 and ds.x[0, 5] == 1 and ds.x[0].sum() == 4  # index 12000 dropped
     assert ds.x[1, 9999] == 255  # counts clipped to uint8
     (d / "labeledBow.feat").write_text("9 0:3\n8 zero:1\n")
-    with pytest.raises(
-        data.DataError, match=r"labeledBow.feat, line 2: '8 zero:1' is not svmlight"
-    ):
+    with pytest.raises(data.DataError, match=r"labeledBow.feat, line 2: '8 zero:1' is not valid"):
         data.load_imdb(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "line", ["7 0:inf", "7 0:-3", "7 0:nan", "7 -1:2", "7 0:1.5", "7 0:1e999", "x 0:1", "7 0"]
+)
+def test_imdb_malformed_line_names_file_line_and_format(tmp_path, line):
+    d = tmp_path / "aclImdb" / "train"
+    d.mkdir(parents=True)
+    (d / "labeledBow.feat").write_text(f"9 0:3\n\n{line}\n")
+    with pytest.raises(data.DataError) as info:
+        data.load_imdb(tmp_path)
+    message = str(info.value)
+    assert f"labeledBow.feat, line 3: {line!r} is not valid" in message
+    assert "non-negative integer indices and non-negative integer counts" in message
+
+
+def test_reproduce_exits_2_on_a_malformed_file_before_training(tmp_path, capsys, monkeypatch):
+    from adam_jax import cli
+    from adam_jax.paper import train
+
+    monkeypatch.setattr(train, "train_runs", None)  # any training would fail loudly
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((130, 2, 2)))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(130))
+    d = tmp_path / "aclImdb" / "train"
+    d.mkdir(parents=True)
+    (d / "labeledBow.feat").write_text("9 0:3\n2 4:inf\n")
+    out = tmp_path / "out"
+    args = ["reproduce", "fig1", "--tiny", "--no-progress", "--out", str(out)]
+    assert cli.main([*args, "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "labeledBow.feat, line 2: '2 4:inf' is not valid" in err
 
 
 def test_imdb_missing_and_bad_data_dir(tmp_path):
@@ -139,6 +169,10 @@ def test_zipf_corpus_is_sparse_zipfian_and_seeded():
     # Zipf: the most frequent word appears about 10x as often as the 10th (sentiment words aside)
     assert 5 < counts[0] / counts[9] < 20
     assert 0.3 < ds.y.mean() < 0.7
+    # 20% of the labels flipped: the words' sentiment agrees with the label for about 80%
+    polar = data.zipf_corpus(num_docs=300, seed=3, label_noise=0.0)
+    np.testing.assert_array_equal(ds.x, polar.x)
+    assert 0.1 < (ds.y != polar.y).mean() < 0.3
     np.testing.assert_array_equal(ds.x, data.zipf_corpus(num_docs=300, seed=3).x)
     assert not np.array_equal(ds.x, data.zipf_corpus(num_docs=300, seed=4).x)
 

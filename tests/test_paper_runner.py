@@ -1,7 +1,10 @@
-"""The training engine against a NumPy full-batch gradient descent, the claims logic on rows with
-known answers, and the ``reproduce`` command end to end (tiny size)."""
+"""The training engine against a NumPy full-batch gradient descent, the verdict rule and the claims
+on rows with known answers, grid extension, and the ``reproduce`` command end to end (tiny size):
+argument checks, Ctrl-C, and a resumed run equal to an uninterrupted one."""
 
 import csv
+import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +13,8 @@ import optax
 import pytest
 
 from adam_jax import cli
-from adam_jax.paper import claims, models, runner, train
+from adam_jax.paper import claims, data, models, runner, train
+from adam_jax.paper import cli as paper_cli
 
 
 def numpy_gradient_descent(x, y, w, b, lr, weight_decay, steps):
@@ -51,7 +55,7 @@ def test_train_runs_matches_numpy_full_batch(vectorize):
     )
     lrs = np.array([0.1, 0.7])
     ticks = []
-    losses = train.train_runs(
+    losses, step_losses = train.train_runs(
         model,
         x,
         y,
@@ -61,12 +65,15 @@ def test_train_runs_matches_numpy_full_batch(vectorize):
         seed=0,
         on_epoch=lambda: ticks.append(1),
         vectorize=vectorize,
+        step_epochs=2,
     )
-    assert losses.shape == (2, 5)
+    assert losses.shape == (2, 5) and step_losses.shape == (2, 2)
     assert len(ticks) == (4 if vectorize else 8)
     for r, lr in enumerate(lrs):
         expected = numpy_gradient_descent(x.astype(np.float64), y, w0, b0, lr, 0.01, 4)
         np.testing.assert_allclose(losses[r], expected, rtol=2e-5)
+        # no dropout in this model: the minibatch cost before step t is the cost after epoch t-1
+        np.testing.assert_allclose(step_losses[r], expected[:2], rtol=2e-5)
 
 
 def test_train_runs_rejects_tiny_datasets():
@@ -97,13 +104,50 @@ def test_schedule_is_alpha_over_sqrt_t():
         np.testing.assert_allclose(float(params), expected, rtol=1e-5)
 
 
-def rows_for(panel, finals, early=None):
-    """Selected-curve rows for ``panel``: loss 10 at epoch 0, ``early`` at 1, ``finals`` at 2."""
+def test_schedule_skips_adagrad_only():
+    fig1 = runner.PANELS[0]
+    assert [runner.scheduled(fig1, o) for o in fig1.optimizers] == [True, True, False, True]
+    assert not runner.scheduled(runner.PANELS[2], "adam")  # Fig. 2: constant alpha
+
+
+@pytest.mark.parametrize(
+    "x, expected",
+    [
+        ([-0.10, -0.12, -0.11], ("yes", 3)),  # all below 0, mean + 2 se = -0.0985
+        ([0.10, 0.12, 0.11], ("no", 0)),
+        ([-0.10, 0.01, -0.11], ("inconclusive", 2)),  # the seeds disagree
+        ([-0.01, -0.30, -0.02], ("inconclusive", 3)),  # mean -0.11, 2 se = 0.19: within noise
+        ([-0.5], ("inconclusive", 1)),  # one seed: spread unknown
+        ([-math.inf, -math.inf], ("yes", 2)),  # b diverged in every seed
+        ([0.0, 0.0, 0.0], ("no", 0)),  # a tie is not "below"
+    ],
+)
+def test_verdict_rule(x, expected):
+    verdict, k, n = claims.decide([claims.Statement("s", dict(enumerate(x)))])
+    assert (verdict, k, n) == (*expected, len(x))
+
+
+def test_verdict_rule_combines_statements():
+    yes = claims.Statement("a", {0: -1.0, 1: -1.1, 2: -0.9})
+    no = claims.Statement("b", {0: 1.0, 1: 1.1, 2: 0.9})
+    unsure = claims.Statement("c", {0: -1.0, 1: 1.0, 2: -1.0})
+    assert claims.decide([yes, yes]) == ("yes", 3, 3)
+    assert claims.decide([yes, unsure]) == ("inconclusive", 2, 3)
+    assert claims.decide([yes, unsure, no]) == ("no", 0, 3)
+    margin = claims.Statement("m", {0: 0.1, 1: 0.15, 2: 0.12}, claims.AS_FAST)  # 25% margin
+    assert claims.decide([margin]) == ("yes", 3, 3)
+
+
+def rows_for(panel, finals, seeds=(0, 1, 2), spread=0.01):
+    """Selected-curve rows for ``panel``: cost 10 at epoch 0 and ``finals[opt]`` at epoch 1, with
+    seed s multiplying the final cost by 1 + spread * (s - 1); a list gives one cost per seed."""
     rows = []
     for opt, final in finals.items():
-        for epoch, loss in enumerate((10.0, (early or finals)[opt], final)):
-            rows.append({"panel": panel, "optimizer": opt, "selected": "1", "epoch": str(epoch),
-                         "loss": str(loss), "learning_rate": "0.001", "dataset": "d"})  # fmt: skip
+        for s in seeds:
+            last = final[s] if isinstance(final, list) else final * (1 + spread * (s - 1))
+            for epoch, loss in enumerate((10.0, last)):
+                rows.append({"panel": panel, "optimizer": opt, "selected": "1", "seed": str(s),
+                             "epoch": str(epoch), "iteration": "", "loss": str(loss)})  # fmt: skip
     return rows
 
 
@@ -115,109 +159,250 @@ def test_claims_follow_the_numbers():
     good += rows_for(
         "fig2", {"adam": 0.1, "adagrad": 0.2, "rmsprop": 0.3, "sgd_nesterov": 0.2, "adadelta": 0.4}
     )
-    good += rows_for(
-        "fig3",
-        {"adam": 0.1, "adagrad": 0.5, "sgd_nesterov": 0.12},
-        early={"adam": 1.0, "adagrad": 1.1, "sgd_nesterov": 2.0},
-    )
-    result = claims.check(good, early_epoch=1, few=1, many=2)
-    assert [c.reproduced for c in result] == [True] * 5
-    assert "Adam 1, SGD Nesterov 0.95, AdaGrad 1.5" in result[0].measured
+    good += rows_for("fig3", {"adam": 0.1, "adagrad": 0.5, "sgd_nesterov": 0.12})
+    good += rows_for("fig3_iter", {"adam": 1.0, "adagrad": 1.1, "sgd_nesterov": 2.0})
+    result = claims.check(good, few=1, many=2)
+    assert [c.figure for c in result] == [
+        "Fig. 1 left", "Fig. 1 right", "Fig. 2", "Fig. 3 left", "Fig. 3 right"
+    ]  # fmt: skip
+    assert [(c.verdict, c.k, c.n) for c in result] == [("yes", 3, 3)] * 5
+    assert "Adam 1 ± 0.01, SGD Nesterov 0.95 ± 0.0095, AdaGrad 1.5 ± 0.015" in result[0].measured
+    assert all(c.reason == "" for c in result)
 
-    bad = rows_for(
-        "fig1_mnist", {"adam": 1.3, "sgd_nesterov": 1.0, "adagrad": 1.5}
-    )  # Adam 30% worse
-    bad += rows_for(
-        "fig2",
-        {
-            "adam": 0.1,
-            "adagrad": 0.2,
-            "rmsprop": 0.3,
-            "sgd_nesterov": 0.2,
-            "adadelta": float("nan"),
-        },
-    )
-    bad += rows_for(
-        "fig3",
-        {"adam": 0.1, "adagrad": 0.05, "sgd_nesterov": 0.12},
-        early={"adam": 1.0, "adagrad": 3.0, "sgd_nesterov": 2.0},
-    )
-    result = claims.check(bad, early_epoch=1, few=1, many=2)
-    # a diverged (nan) AdaDelta counts as infinitely bad, so Fig. 2 still holds
-    assert [c.reproduced for c in result] == [False, True, False, False]
+    bad = rows_for("fig1_mnist", {"adam": 1.3, "sgd_nesterov": 1.0, "adagrad": 1.5})  # 30% worse
+    nan = {"adam": 0.1, "adagrad": 0.2, "rmsprop": 0.3, "sgd_nesterov": 0.2, "adadelta": math.nan}
+    bad += rows_for("fig2", nan)  # a diverged (nan) AdaDelta counts as infinitely bad
+    bad += rows_for("fig3", {"adam": [0.09, 0.11, 0.1], "adagrad": 0.1005, "sgd_nesterov": 0.05})
+    result = claims.check(bad, few=1, many=2)
+    assert [c.verdict for c in result] == ["no", "yes", "inconclusive"]
+    assert "'adam ≲ sgd_nesterov' fails in every seed" in result[0].reason
+    assert "'adam < adagrad' is not settled" in result[2].reason
+    assert "Likely reason" in result[2].reason
 
 
-def vae_rows(loss_fn):
+def vae_rows(loss_fn, seeds=(0, 1, 2)):
     rows = []
-    for bc in (0, 1):
-        for b1 in runner.VAE_BETA1:
-            for b2 in runner.VAE_BETA2:
-                for log_lr in runner.VAE_LOG10_ALPHA:
-                    rows.append({"panel": "fig4", "bias_correction": str(bc), "beta1": str(b1), "beta2": str(b2),
-                                 "learning_rate": str(10.0**log_lr), "epoch": "3", "loss": str(loss_fn(bc, b1, b2, log_lr))})  # fmt: skip
+    for s in seeds:
+        for bc in (0, 1):
+            for b1 in runner.VAE_BETA1:
+                for b2 in runner.VAE_BETA2:
+                    for log_lr in runner.VAE_LOG10_ALPHA:
+                        for epoch in range(4):
+                            loss = 200.0 if epoch == 0 else loss_fn(bc, b1, b2, log_lr, epoch, s)
+                            rows.append({"panel": "fig4", "bias_correction": str(bc),
+                                         "beta1": str(b1), "beta2": str(b2), "seed": str(s),
+                                         "learning_rate": str(10.0**log_lr), "epoch": str(epoch),
+                                         "loss": str(loss)})  # fmt: skip
     return rows
 
 
-def test_vae_claims():
-    paper_like = vae_rows(
-        lambda bc, b1, b2, a: (
-            100
-            + abs(a + 3)
-            - (5 if bc else 0) * (b2 > 0.99)
-            + (50 if not bc and b2 == 0.9999 else 0)
-        )
+def test_vae_claims_follow_section_6_4():
+    def paper_like(bc, b1, b2, a, epoch, s):
+        loss = 100 + abs(a + 3) + 0.1 * s - (5 if bc else 0) * (b2 > 0.99)
+        if not bc and b2 == 0.9999:
+            loss += 50
+            if a >= -2:  # unstable at large steps: above the initial cost
+                loss += 500
+        return loss
+
+    result = claims.check(vae_rows(paper_like), few=1, many=3)
+    assert [c.figure for c in result] == [
+        "Fig. 4 (best over α), 1 epochs",
+        "Fig. 4 (best over α), 3 epochs",
+        "Fig. 4 (stability), 1 epochs",
+        "Fig. 4 (best setting), 3 epochs",
+    ]
+    assert [c.verdict for c in result] == ["yes"] * 4
+    # 2 alphas x 2 beta1 = 4 of 10 runs unstable without correction at beta2 = 0.9999
+    assert "β2=0.9999: 0 ± 0 / 4 ± 0" in result[2].measured
+
+    def opposite(bc, b1, b2, a, epoch, s):
+        return 100 + abs(a + 3) + 0.1 * s - (5 if not bc else 0)
+
+    result = claims.check(vae_rows(opposite), few=1, many=3)
+    assert [c.verdict for c in result] == ["no", "no", "no", "no"]
+
+
+def fake_train_runs(calls):
+    """A stand-in for train.train_runs: final cost (ln lr - ln 0.5)^2 + 1, so the best rate of a
+    grid below 0.5 is at its top edge; records the learning rates of each call."""
+
+    def train_runs(model, x, y, make_tx, hparams, epochs, seed, on_epoch=None, **kw):
+        lrs = np.asarray(hparams["lr"])
+        calls.append((tuple(lrs.tolist()), seed))
+        final = (np.log(lrs) - np.log(0.5)) ** 2 + 1.0
+        losses = np.stack([np.full_like(final, 10.0)] + [final] * epochs, axis=1)
+        return losses, np.zeros((len(lrs), kw.get("step_epochs", 0) * (len(y) // 128)))
+
+    return train_runs
+
+
+def test_grid_extends_past_an_edge_a_bounded_number_of_steps(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train, "train_runs", fake_train_runs(calls))
+    budget = runner.Budget("t", {"fig2": 1}, {o: (1e-3, 3e-3) for o in runner.LABELS}, seeds=2)
+    panel = runner.Panel("fig2", "fig2", "mnist", ("adam",))
+    ds = data.Dataset("mnist", np.zeros((256, 3), np.float32), np.zeros(256, np.int32), 2, "d")
+    results = runner.Results(tmp_path / "results.csv", resume=False)
+    rows = runner.run_panel(panel, ds, budget, [0, 1], results, runner.Progress())
+    # two steps up (1e-2, 3e-2), both seeds each time; the optimum 0.5 stays out of reach
+    assert calls == [((1e-3, 3e-3), 0), ((1e-3, 3e-3), 1), ((1e-2,), 0), ((1e-2,), 1),
+                     ((3e-2,), 0), ((3e-2,), 1)]  # fmt: skip
+    assert {r["learning_rate"] for r in rows if r["selected"] == "1"} == {"0.03"}
+    assert "0.03 **top edge of the grid**" in paper_cli._selection_notes(rows)
+    assert runner.extend_grid((1e-3, 3e-3), up=True) == 1e-2
+    assert runner.extend_grid((1e-3, 3e-3), up=False) == 3e-4
+    assert runner.extend_grid((3e-4, 1e-3), up=False) == 1e-4
+    assert runner.extend_grid((2e-3, 6e-3), up=True) == 2e-2
+
+
+def test_resumed_fig3_rows_equal_the_first_run(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train, "train_runs", fake_train_runs(calls))
+    budget = runner.Budget(
+        "t", {"fig3": 2, "fig3_early": 1}, {o: (0.3, 1.0) for o in runner.LABELS}, seeds=2
     )
-    result = claims.check(paper_like, early_epoch=1, few=3, many=3)
-    assert [c.reproduced for c in result] == [True, True, True]
-    opposite = vae_rows(lambda bc, b1, b2, a: 100 + abs(a + 3) - (5 if not bc else 0))
-    result = claims.check(opposite, early_epoch=1, few=3, many=3)
-    assert [c.reproduced for c in result] == [False, False, False]
-    assert "without bias correction" in result[2].measured
+    panel = runner.Panel("fig3", "fig3", "cifar10", ("adam", "sgd_nesterov"))
+    ds = data.Dataset("cifar10", np.zeros((256, 1, 8, 8), np.float32), np.zeros(256, np.int32),
+                      2, "d")  # fmt: skip
+    path = tmp_path / "results.csv"
+    first = runner.run_panel(panel, ds, budget, [0, 1], runner.Results(path, False),
+                             runner.Progress())  # fmt: skip
+    # 3 rates (0.1 added below the edge) x 2 optimizers x 2 seeds x 2 iterations
+    assert sum(r["panel"] == "fig3_iter" for r in first) == 3 * 2 * 2 * 2
+    n_calls = len(calls)
+    again = runner.run_panel(panel, ds, budget, [0, 1], runner.Results(path, True),
+                             runner.Progress())  # fmt: skip
+    assert len(calls) == n_calls and again == first  # nothing trained again, same rows
+
+
+def test_resumed_rows_are_the_written_rows(tmp_path):
+    path = tmp_path / "results.csv"
+    row = {f: "" for f in runner.FIELDS}
+    row.update(panel="fig4", optimizer="adam", hyperparameters="h", seed="0", selected="0")
+    rows = [{**row, "epoch": str(e), "loss": str(1.0 / (e + 1))} for e in range(3)]
+    runner.Results(path, resume=False).add(rows)
+    resumed = runner.Results(path, resume=True)
+    assert resumed.take([("fig4", "adam", "h", "0")], 2) == rows
+    assert resumed.take([("fig4", "adam", "h", "1")], 2) is None  # never run
 
 
 def run_cli(*args):
     return cli.main(["reproduce", *args, "--no-progress"])
 
 
-def test_reproduce_fig1_tiny_is_deterministic(tmp_path):
+def test_reproduce_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert run_cli("fig1", "--tiny", "--out", str(a), "--seed", "3") == 0
-    assert run_cli("fig1", "--tiny", "--out", str(b), "--seed", "3") == 0
+    assert run_cli("fig1", "--tiny", "--out", str(a)) == 0
+    real, calls = train.train_runs, []
+
+    def interrupt_on_third_call(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train, "train_runs", interrupt_on_third_call)
+    assert run_cli("fig1", "--tiny", "--out", str(b)) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"interrupted: the finished runs are in {b / 'results.csv'}; continue with --resume"
+    ]
+    kept = runner.read_csv(b / "results.csv")
+    assert len({runner.run_key(r) for r in kept}) == 2  # the two finished groups (1 run each)
+    assert json.loads((b / "run.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(train, "train_runs", real)
+    assert run_cli("fig1", "--tiny", "--out", str(b), "--resume") == 0
     assert (a / "results.csv").read_bytes() == (b / "results.csv").read_bytes()
-    assert (a / "fig1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
     with open(a / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert set(rows[0]) >= {
-        "figure",
-        "dataset",
-        "model",
-        "optimizer",
-        "hyperparameters",
-        "epoch",
-        "loss",
-    }
-    budget = runner.TINY
+    assert tuple(rows[0]) == runner.FIELDS and {r["seed"] for r in rows} == {"0", "1"}
     for panel in ("fig1_mnist", "fig1_imdb"):
         sel = [r for r in rows if r["panel"] == panel and r["selected"] == "1"]
         opts = {r["optimizer"] for r in sel}
-        assert len(sel) == len(opts) * (budget.epochs[panel] + 1)
+        assert len(sel) == 2 * len(opts) * (runner.TINY.epochs[panel] + 1)
         assert np.isfinite([float(r["loss"]) for r in sel]).all()
-    assert {r["optimizer"] for r in rows if r["panel"] == "fig1_mnist"} == {
-        "adam",
-        "sgd_nesterov",
-        "adagrad",
-        "adamax",
-    }
+    info = json.loads((b / "run.json").read_text())
+    assert info["status"] == "finished" and info["seeds"] == [0, 1] and info["mode"] == "tiny"
+    assert [s["status"] for s in info["sittings"]] == ["interrupted", "finished"]
+    for key in ("adam_jax", "jax", "jaxlib", "optax", "device", "command", "git_commit"):
+        assert key in info
     summary = (a / "summary.md").read_text()
-    assert (
-        "| Fig. 1 left |" in summary
-        and "| Fig. 1 right |" in summary
-        and "standing in for MNIST" in summary
-    )
+    assert "| Fig. 1 left |" in summary
+    assert "standing in for MNIST" in summary and "seeds 0, 1" in summary
     # the summary's verdicts are the ones the claims code computes from the written file
-    verdicts = claims.check(runner.read_csv(a / "results.csv"), 1, 1, 2)
-    for c in verdicts:
-        assert f"| {c.measured} | **{'yes' if c.reproduced else 'no'}** |" in summary
+    for c in claims.check(runner.read_csv(a / "results.csv"), 1, 2):
+        assert f"| {c.measured} | {c.k} of {c.n} | **{c.verdict}** |" in summary
+    assert (a / "fig1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_refuses_a_different_run(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"mode": "quick", "figures": ["fig1"]}))
+    assert run_cli("fig1", "--tiny", "--out", str(out), "--resume") == 2
+    assert "holds a run with different mode ('quick', not 'tiny')" in capsys.readouterr().err
+
+
+def test_out_is_checked_before_any_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train, "train_runs", None)  # any training would fail loudly
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert run_cli("fig2", "--tiny", "--out", str(blocker)) == 2
+    assert f"--out {blocker} is a file, not a directory" in capsys.readouterr().err
+    assert run_cli("fig2", "--tiny", "--out", str(blocker / "sub")) == 2
+    assert f"--out {blocker / 'sub'} cannot be created or written" in capsys.readouterr().err
+    created = tmp_path / "new" / "dir"
+    assert run_cli("fig2", "--tiny", "--out", str(created), "--data-dir", str(tmp_path)) == 2
+    assert created.is_dir() and not any(created.iterdir())
+
+
+@pytest.mark.parametrize("seeds", ["0", "-1", "1,1", "x", "-3,2"])
+def test_bad_seeds_exit_2(seeds, capsys):
+    with pytest.raises(SystemExit) as info:
+        run_cli("fig2", "--tiny", "--seeds", seeds)
+    assert info.value.code == 2 and "--seeds" in capsys.readouterr().err
+
+
+def test_seeds_parse():
+    assert paper_cli.parse_seeds("3") == [0, 1, 2]
+    assert paper_cli.parse_seeds("4,") == [4]
+    assert paper_cli.parse_seeds("0,3,7") == [0, 3, 7]
+
+
+def test_help_describes_the_real_grids(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "2-point" not in text
+    assert "Adam 0.001..0.03 (4)" in text and "RMSProp 0.0003..0.003 (3)" in text  # quick
+    assert "Adam 0.0001..0.03 (6)" in text  # full
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--seed", "-1"], "--seed must be an integer in [0, 4294967295], got -1"),
+     (["--steps", "0"], "--steps must be an integer >= 1, got 0")],
+)  # fmt: skip
+def test_demo_rejects_bad_arguments_before_work(args, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", *args])
+    assert info.value.code == 2
+    out = capsys.readouterr()
+    assert out.err.strip() == f"error: {message}" and out.out == ""
+
+
+def test_demo_ctrl_c_exits_130(monkeypatch, capsys):
+    from adam_jax import demo
+
+    def interrupted(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "make_data", interrupted)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", "--steps", "3"])
+    assert info.value.code == 130 and capsys.readouterr().err == "interrupted\n"
 
 
 def test_reproduce_with_missing_data_fails_helpfully(tmp_path, capsys):
@@ -228,8 +413,8 @@ def test_reproduce_with_missing_data_fails_helpfully(tmp_path, capsys):
 
 def test_work_units_counts_progress_ticks():
     budget = runner.TINY
-    # fig1: 4 + 5 optimizers, one grid point each in tiny mode, 2 epochs each
-    assert runner.work_units(["fig1"], budget) == 9 * 2
+    # fig1: 4 + 5 optimizers, one grid point each in tiny mode, 2 epochs each, per seed
+    assert runner.work_units(["fig1"], budget, seeds=2) == 2 * 9 * 2
     assert runner.work_units(["fig4"], budget) == 2 * budget.epochs["fig4_many"]
 
 

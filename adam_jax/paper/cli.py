@@ -3,37 +3,78 @@
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from adam_jax.paper import claims as claims_lib
-from adam_jax.paper import figures, runner
-from adam_jax.paper.data import DataError
+FIGURE_CHOICES = ("fig1", "fig2", "fig3", "fig4", "all")
+MAX_SEED = 2**31 - 1
 
-FIGURE_CHOICES = (*runner.FIGURES, "all")
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: a count N (seeds 0..N-1) or a comma-separated list ("3," is seed 3 alone)."""
+    try:
+        if "," in text:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        else:
+            count = int(text)
+            if count < 1:
+                raise argparse.ArgumentTypeError(f"{text!r}: the number of seeds must be >= 1")
+            seeds = list(range(count))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a number of seeds (e.g. 5) or a comma-separated list (e.g. 0,3,7)"
+        ) from None
+    if not seeds or any(not 0 <= s <= MAX_SEED for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: seeds must be distinct integers in [0, {MAX_SEED}], at least one"
+        )
+    return seeds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of the ``reproduce`` command."""
+    from adam_jax.paper import runner
+
+    def grids(g: dict) -> str:
+        return ", ".join(f"{runner.LABELS[o]} {v[0]:g}..{v[-1]:g} ({len(v)})" for o, v in g.items())
+
     parser.add_argument("figure", choices=FIGURE_CHOICES, help="which figure of Section 6 (or all)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument(
         "--quick",
         action="store_true",
-        help="fewer epochs, 2-point learning-rate grids, a narrower CNN: all in under 10 minutes on 2 CPU cores",
+        help="fewer epochs (Fig. 1 15/10, Fig. 2 8, Fig. 3 6, Fig. 4 3 and 15), 3 seeds, a "
+        "narrower CNN (c16-c16-c32-250) and learning-rate grids of 3-4 half-decade points: "
+        f"{grids(runner.QUICK_GRIDS)}; under 10 minutes on 2 CPU cores",
     )
     size.add_argument(
         "--tiny",
         action="store_true",
-        help="smoke-test size used by the test suite (256 examples, 1-2 epochs); numbers are not meaningful",
+        help="smoke-test size used by the test suite (256 examples, 1-2 epochs, 2 seeds, "
+        "1-point grids); numbers are not meaningful",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=None,
+        help="a number of seeds N (seeds 0..N-1) or a list like 0,3,7 (default: 5 for the full "
+        "run, 3 with --quick, 2 with --tiny); verdicts need at least 2",
     )
     parser.add_argument(
         "--out", default="adam_jax_results", help="output directory (default ./adam_jax_results)"
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="random seed (default 0); same seed, same numbers"
+        "--resume",
+        action="store_true",
+        help="continue from the finished runs already in --out (same figure, size and seeds); "
+        "the result equals an uninterrupted run",
     )
     parser.add_argument(
         "--data-dir",
@@ -42,76 +83,280 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "aclImdb/train/labeledBow.feat (default: embedded sklearn digits and a generated corpus)",
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    parser.epilog = (
+        "Full-run learning-rate grids (half-decade steps; a decade higher under alpha/sqrt(t) in "
+        f"Fig. 1; extended up to 2 steps past an edge when the selection lands on it): "
+        f"{grids(runner.FULL_GRIDS)}. Fig. 4 always uses the paper's grid."
+    )
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def check_out(out: Path) -> str | None:
+    """Create ``out`` if missing and check that a file can be written in it; the problem, or None."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file, not a directory. Choose another with --out."
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or str(err)
+        return f"--out {out} cannot be created or written ({reason}). Choose another with --out."
+    return None
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _git_commit() -> str | None:
+    """The commit of the adam_jax checkout this runs from (None when installed, not a checkout)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "adam_jax"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+uncommitted changes to adam_jax" if dirty else "")) or None
+
+
+def provenance(args: argparse.Namespace, budget_name: str, figures, seeds) -> dict:
+    """The fields of ``run.json`` that do not change while the run goes on."""
+    import jax
+    import jaxlib
+    import optax
+
+    import adam_jax
+
+    command = ["adam-jax", "reproduce", args.figure]
+    command += {"quick": ["--quick"], "tiny": ["--tiny"], "full": []}[budget_name]
+    command += ["--seeds", ",".join(map(str, seeds)), "--out", str(args.out)]
+    command += ["--data-dir", str(args.data_dir)] if args.data_dir else []
+    device = jax.devices()[0]
+    return {
+        "command": " ".join(command),
+        "mode": budget_name,
+        "figures": list(figures),
+        "seeds": list(seeds),
+        "data_dir": args.data_dir,
+        "adam_jax": adam_jax.__version__,
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "optax": optax.__version__,
+        "device": f"{device.platform}: {device.device_kind}",
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def reproduce(args: argparse.Namespace) -> int:
-    """Run the experiments, write results.csv, the figures and summary.md. Returns the exit code."""
-    budget = runner.TINY if args.tiny else runner.QUICK if args.quick else runner.FULL
-    wanted = list(runner.FIGURES) if args.figure == "all" else [args.figure]
-    out = Path(args.out)
+    """Run the experiments, write results.csv, run.json, the figures and summary.md. Returns the
+    exit code: 0, 2 for bad arguments or data (before any training), 130 on Ctrl-C."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
+        return _reproduce(args)
+    except KeyboardInterrupt:
+        out = Path(args.out) / "results.csv"
         print(
-            f"error: cannot create the output directory {out}: {err}. Choose another with --out.",
+            f"interrupted: the finished runs are in {out}; continue with --resume",
             file=sys.stderr,
         )
-        return 1
-    from tqdm.auto import tqdm
+        return 130
 
-    start = time.perf_counter()
-    total = runner.work_units(wanted, budget)
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from adam_jax.paper import claims as claims_lib
+    from adam_jax.paper import figures, runner
+    from adam_jax.paper.data import DataError
+
+    budget = runner.TINY if args.tiny else runner.QUICK if args.quick else runner.FULL
+    wanted = list(runner.FIGURES) if args.figure == "all" else [args.figure]
+    seeds = args.seeds or list(range(budget.seeds))
+    out = Path(args.out)
+    problem = check_out(out)
+    if problem:
+        return _error(problem)
+    info = provenance(args, budget.name, wanted, seeds)
+    run_json = out / "run.json"
+    sittings = []
+    if args.resume and run_json.is_file():
+        try:
+            before = json.loads(run_json.read_text())
+        except (OSError, ValueError) as err:
+            return _error(f"--resume: cannot read {run_json} ({err})")
+        same = ("mode", "figures", "seeds", "data_dir")
+        diff = [k for k in same if before.get(k) != info[k]]
+        if diff:
+            return _error(
+                f"--resume: {out} holds a run with different "
+                + ", ".join(f"{k} ({before.get(k)!r}, not {info[k]!r})" for k in diff)
+                + ". Use the same arguments, or another --out."
+            )
+        sittings = before.get("sittings", [])
+    try:
+        datasets = runner.load_data(wanted, budget, args.data_dir)
+    except (DataError, FileNotFoundError) as err:
+        return _error(str(err))
+    from tqdm import tqdm  # the plain bar: tqdm.auto warns in notebooks without ipywidgets
+
+    sitting = {
+        "start": _now(),
+        "end": None,
+        "resume": bool(args.resume),
+        "git_commit": info["git_commit"],
+        "status": "running",
+        "figure_seconds": {},
+        "figure_cpu_seconds": {},
+    }
+    sittings.append(sitting)
+
+    def save_json(status: str) -> None:
+        sitting.update(end=_now(), status=status)
+        totals: dict[str, dict[str, float]] = {"figure_seconds": {}, "figure_cpu_seconds": {}}
+        for field, total in totals.items():
+            if not all(field in s for s in sittings):
+                continue  # a sitting of an older version did not measure it: no partial sums
+            for s in sittings:
+                for fig, sec in s[field].items():
+                    total[fig] = round(total.get(fig, 0.0) + sec, 1)
+        fields = ("figure_seconds", "figure_cpu_seconds")
+        rounded = [
+            {**s, **{f: {k: round(v, 1) for k, v in s[f].items()} for f in fields if f in s}}
+            for s in sittings
+        ]
+        info.update(status=status, **totals, sittings=rounded)
+        run_json.write_text(json.dumps(info, indent=2) + "\n")
+
+    results = runner.Results(out / "results.csv", resume=args.resume)
+    save_json("running")
+    seconds, cpu = sitting["figure_seconds"], sitting["figure_cpu_seconds"]
+    total = runner.work_units(wanted, budget, len(seeds))
     with tqdm(
         total=total, unit="run-epoch", disable=args.no_progress, desc=f"reproduce {args.figure}"
     ) as bar:
         try:
-            rows = runner.run(wanted, budget, args.seed, args.data_dir, bar.update)
-        except (DataError, FileNotFoundError) as err:
+            rows = runner.run(
+                wanted, budget, seeds, datasets, results, runner.Progress(bar), seconds, cpu
+            )
+        except KeyboardInterrupt:
             bar.close()
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-    elapsed = time.perf_counter() - start
+            save_json("interrupted")
+            raise
     runner.write_csv(rows, out / "results.csv")
     rows = runner.read_csv(out / "results.csv")  # figures and claims come from the file itself
+    save_json("finished")
 
-    e, written = budget.epochs, ["results.csv"]
-    if "fig1" in wanted:
-        written.append(figures.figure1(rows, out).name)
-    if "fig2" in wanted:
-        written.append(figures.figure2(rows, out).name)
-    if "fig3" in wanted:
-        written.append(figures.figure3(rows, out, e["fig3_early"]).name)
-    if "fig4" in wanted:
-        written.append(figures.figure4(rows, out, e["fig4_few"], e["fig4_many"]).name)
-    claims = claims_lib.check(rows, e["fig3_early"], e["fig4_few"], e["fig4_many"])
+    e = budget.epochs
+    note = f"{budget.name} run, {len(seeds)} seed{'s' * (len(seeds) > 1)}"
+    written = ["results.csv", "run.json"]
+    draw = {
+        "fig1": lambda: figures.figure1(rows, out, note),
+        "fig2": lambda: figures.figure2(rows, out, note),
+        "fig3": lambda: figures.figure3(rows, out, note, e["fig3_early"]),
+        "fig4": lambda: figures.figure4(rows, out, note, e["fig4_few"], e["fig4_many"]),
+    }
+    for fig in wanted:
+        written.append(draw[fig]().name)
+    claims = claims_lib.check(rows, e["fig4_few"], e["fig4_many"])
+    summary = claims_lib.summary_markdown(claims, _header(args, budget, seeds, rows, info),
+                                          _selection_notes(rows))  # fmt: skip
+    (out / "summary.md").write_text(summary)
+    written.append("summary.md")
+    kept = results.finished_runs
+    print(f"wrote {', '.join(written)} to {out}; training time per figure (s): "
+          + ", ".join(f"{k} {v:.0f}" for k, v in info["figure_seconds"].items()))  # fmt: skip
+    if args.resume:
+        print(f"  (resumed: {kept} runs in results.csv before or during this sitting)")
+    for c in claims:
+        print(f"  [{c.verdict}, {c.k} of {c.n} seeds] {c.figure}: {c.measured}")
+    return 0
+
+
+def _header(args, budget, seeds, rows, info) -> str:
     sources = sorted({f"{r['panel']}: {r['dataset']}" for r in rows})
-    header = "\n".join(
+    sec = info["figure_seconds"]
+    return "\n".join(
         [
-            f"# Section 6 reproduction: {args.figure} ({budget.name} mode, seed {args.seed})",
+            f"# Section 6 reproduction: {args.figure} ({budget.name} run, seeds "
+            f"{', '.join(map(str, seeds))})",
             "",
-            f"Trained in {elapsed:.0f} s. Data used:",
+            "Training time per figure (s, summed over sittings; wall clock, then CPU time of "
+            "this process): "
+            + ", ".join(
+                f"{k} {v:.0f}"
+                + (f" (CPU {cpu[k]:.0f})" if k in (cpu := info["figure_cpu_seconds"]) else "")
+                for k, v in sec.items()
+            )
+            + f". Versions, commit and device: `run.json` (adam_jax {info['adam_jax']}, "
+            f"jax {info['jax']}, {info['device']}).",
+            "",
+            "Data used:",
             *[f"- {s}" for s in sources],
             "",
-            "Each curve is the learning rate with the lowest final training cost from the grid "
-            "(see results.csv, column `selected`).",
+            "Each curve is the learning rate with the lowest final training cost averaged over "
+            "the seeds (results.csv, column `selected`). Verdicts follow the rules in "
+            "`adam_jax/paper/claims.py`: `yes` or `no` only when every seed agrees and the mean "
+            "is more than 2 standard errors (over seeds) past the margin; `inconclusive` "
+            "otherwise.",
         ]
     )
-    picked = sorted(
-        {(r["panel"], r["optimizer"], r["learning_rate"]) for r in rows if r["selected"] == "1"}
-    )
-    selected = "Selected learning rates: " + "; ".join(
-        f"{p} {runner.LABELS[o]} α={lr}" for p, o, lr in picked
-    )
-    (out / "summary.md").write_text(claims_lib.summary_markdown(claims, header, selected))
-    written.append("summary.md")
-    print(f"wrote {', '.join(written)} to {out} in {elapsed:.0f} s of training")
-    for c in claims:
-        print(f"  [{'reproduced' if c.reproduced else 'NOT reproduced'}] {c.figure}: {c.measured}")
-    return 0
+
+
+def _selection_notes(rows: list[dict]) -> str:
+    """The selected learning rate per (panel, optimizer), flagged when still on a grid edge."""
+    from adam_jax.paper import runner
+
+    tried: dict[tuple[str, str], set[float]] = {}
+    chosen: dict[tuple[str, str], float] = {}
+    for r in rows:
+        if r["panel"] in ("fig4", "fig3_iter"):
+            continue
+        key = (r["panel"], r["optimizer"])
+        tried.setdefault(key, set()).add(float(r["learning_rate"]))
+        if r["selected"] == "1":
+            chosen[key] = float(r["learning_rate"])
+    lines, edges = [], []
+    for key in sorted(chosen):
+        lrs = sorted(tried[key])
+        edge = (
+            " **top edge of the grid**" if chosen[key] == lrs[-1] and len(lrs) > 1
+            else " **bottom edge of the grid**" if chosen[key] == lrs[0] and len(lrs) > 1
+            else " **only grid point**" if len(lrs) == 1 else ""
+        )  # fmt: skip
+        if edge:
+            edges.append(f"{key[0]} {runner.LABELS[key[1]]}")
+        lines.append(
+            f"- {key[0]} {runner.LABELS[key[1]]}: α = {chosen[key]:g} of "
+            f"{', '.join(f'{x:g}' for x in lrs)}{edge}"
+        )
+    flag = (
+        f"Still on a grid edge after the extensions: {', '.join(edges)}."
+        if edges else "No selected learning rate is on a grid edge."
+    )  # fmt: skip
+    return "\n".join(["## Selected learning rates", "", flag, "", *lines])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m adam_jax.paper``."""
     parser = argparse.ArgumentParser(prog="python -m adam_jax.paper", description=__doc__)
     add_arguments(parser)
-    return reproduce(parser.parse_args(argv))
+    try:
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return reproduce(args)

@@ -1,4 +1,10 @@
-"""Figures laid out like the paper's Figures 1-4, drawn from the rows of ``results.csv``."""
+"""Figures laid out like the paper's Figures 1-4, drawn from the rows of ``results.csv``.
+
+Curves are the mean over seeds of the selected learning rate, with a band from the lowest to the
+highest seed. Axis scales follow the paper's panels: Fig. 1 linear, Figs. 2 and 3 logarithmic,
+Fig. 4 linear against log10(α). Titles name the data actually used; every figure says whether it
+is a quick or full run and how many seeds it averages.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from adam_jax.paper.runner import LABELS, VAE_BETA2
+from adam_jax.paper.claims import LABELS
+from adam_jax.paper.runner import VAE_BETA2
 
 STYLES = {
     "adam": ("tab:red", "-"),
@@ -23,99 +30,123 @@ STYLES = {
 }
 
 
-def selected_curves(
-    rows: list[dict], panel: str
+def data_name(source: str) -> str:
+    """A short name of the data actually used: "sklearn digits (MNIST stand-in)", or "MNIST"."""
+    if "standing in for" not in source:
+        return source.split(" (")[0]
+    stand_in = source.split("standing in for ")[1].split(",")[0]
+    return f"{source.split(' (')[0]} ({stand_in} stand-in)"
+
+
+def seed_curves(
+    rows: list[dict], panel: str, x_field: str = "epoch"
 ) -> dict[str, tuple[float, np.ndarray, np.ndarray]]:
-    """optimizer -> (learning rate, epochs, losses) of the grid point selected for ``panel``."""
-    curves: dict[str, list] = defaultdict(list)
+    """optimizer -> (selected learning rate, x, losses of shape (seeds, len(x))) for ``panel``."""
+    acc: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     lrs = {}
     for r in rows:
-        if r["panel"] == panel and int(r["selected"]):
-            curves[r["optimizer"]].append((int(r["epoch"]), float(r["loss"])))
+        if r["panel"] == panel and r["selected"] == "1":
+            acc[r["optimizer"]][r["seed"]].append((int(r[x_field]), float(r["loss"])))
             lrs[r["optimizer"]] = float(r["learning_rate"])
     out = {}
-    for opt, pts in curves.items():
-        pts.sort()
-        out[opt] = (lrs[opt], np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
+    for opt, by_seed in acc.items():
+        curves = [sorted(pts) for _, pts in sorted(by_seed.items())]
+        x = np.array([p[0] for p in curves[0]])
+        out[opt] = (lrs[opt], x, np.array([[p[1] for p in c] for c in curves]))
     return out
 
 
-def _curves_axis(ax, rows, panel, title, max_epoch=None, log=True):
-    dataset = ""
-    for opt, (lr, epochs, losses) in selected_curves(rows, panel).items():
-        keep = epochs <= max_epoch if max_epoch is not None else slice(None)
+def _curves_axis(ax, rows, panel, title, log, x_field="epoch", per_epoch=1):
+    dataset = next((r["dataset"] for r in rows if r["panel"] == panel), "")
+    for opt, (lr, x, losses) in seed_curves(rows, panel, x_field).items():
         color, style = STYLES[opt]
-        ax.plot(epochs[keep], losses[keep], style, color=color, label=f"{LABELS[opt]} (α={lr:g})")
-    for r in rows:
-        if r["panel"] == panel:
-            dataset = r["dataset"]
-            break
+        x = (x - 1) / per_epoch if x_field == "iteration" else x  # iteration 1: before step 1
+        ax.plot(x, losses.mean(0), style, color=color, lw=1.2, label=f"{LABELS[opt]} (α={lr:g})")
+        if len(losses) > 1:
+            ax.fill_between(x, losses.min(0), losses.max(0), color=color, alpha=0.18, lw=0)
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("iterations over entire dataset (epochs)")
     ax.set_ylabel("training cost")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(f"{data_name(dataset)}\n{title}", fontsize=9)
     ax.legend(fontsize=7)
     return dataset
 
 
-def _save(fig, path: Path, data_note: str) -> Path:
-    fig.text(0.5, 0.005, f"data: {data_note}", ha="center", va="bottom", fontsize=7, wrap=True)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+def _save(fig, path: Path, note: str, data_note: str) -> Path:
+    fig.text(
+        0.5, 0.005, f"{note}; mean over seeds, band: lowest to highest seed. data: {data_note}",
+        ha="center", va="bottom", fontsize=7, wrap=True,
+    )  # fmt: skip
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def figure1(rows: list[dict], out: Path) -> Path:
-    """Fig. 1: logistic regression, MNIST-like (left) and IMDB bag-of-words (right)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    d1 = _curves_axis(axes[0], rows, "fig1_mnist", "MNIST Logistic Regression (α/√t)")
-    d2 = _curves_axis(axes[1], rows, "fig1_imdb", "IMDB BoW feature, 50% dropout (α/√t)")
-    return _save(fig, out / "fig1.png", f"left: {d1}; right: {d2}")
-
-
-def figure2(rows: list[dict], out: Path) -> Path:
-    """Fig. 2a: MLP with dropout on MNIST-like data."""
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    d = _curves_axis(ax, rows, "fig2", "MNIST Multilayer Neural Network + dropout")
-    return _save(fig, out / "fig2.png", d)
-
-
-def figure3(rows: list[dict], out: Path, early_epochs: int) -> Path:
-    """Fig. 3: CNN, first epochs (left) and all epochs (right), log scale."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    d = _curves_axis(
-        axes[0], rows, "fig3", "CIFAR-10 ConvNet, first epochs", max_epoch=early_epochs
+def figure1(rows: list[dict], out: Path, note: str) -> Path:
+    """Fig. 1: logistic regression, MNIST-like (left) and bag-of-words (right); linear scale."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    d1 = _curves_axis(
+        axes[0], rows, "fig1_mnist", "logistic regression (α/√t, AdaGrad constant α)", log=False
     )
-    _curves_axis(axes[1], rows, "fig3", "CIFAR-10 ConvNet, all epochs")
-    return _save(fig, out / "fig3.png", d)
+    d2 = _curves_axis(
+        axes[1], rows, "fig1_imdb", "bag-of-words logistic regression, 50% dropout", log=False
+    )
+    fig.suptitle(f"Fig. 1 ({note})", fontsize=10)
+    return _save(fig, out / "fig1.png", note, f"left: {d1}; right: {d2}")
+
+
+def figure2(rows: list[dict], out: Path, note: str) -> Path:
+    """Fig. 2a: MLP with dropout on MNIST-like data; log scale."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.6))
+    d = _curves_axis(ax, rows, "fig2", "multilayer neural network + dropout", log=True)
+    fig.suptitle(f"Fig. 2a ({note})", fontsize=10)
+    return _save(fig, out / "fig2.png", note, d)
+
+
+def figure3(rows: list[dict], out: Path, note: str, early_epochs: int) -> Path:
+    """Fig. 3: CNN; left the minibatch cost at every iteration of the first ``early_epochs``
+    epochs, right the training cost after every epoch; both log scale."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    steps = max((int(r["iteration"]) for r in rows if r["panel"] == "fig3_iter"), default=1)
+    d = _curves_axis(
+        axes[0], rows, "fig3_iter", f"ConvNet, first {early_epochs} epochs (cost per iteration)",
+        log=True, x_field="iteration", per_epoch=max(1, steps // max(1, early_epochs)),
+    )  # fmt: skip
+    _curves_axis(axes[1], rows, "fig3", "ConvNet, all epochs", log=True)
+    fig.suptitle(f"Fig. 3 ({note})", fontsize=10)
+    return _save(fig, out / "fig3.png", note, d)
 
 
 def vae_losses(
     rows: list[dict], epoch: int
 ) -> dict[tuple[bool, float, float], tuple[np.ndarray, np.ndarray]]:
-    """(bias_correction, beta1, beta2) -> (log10 alpha, loss after ``epoch`` epochs)."""
-    acc: dict[tuple, list] = defaultdict(list)
+    """(bias_correction, beta1, beta2) -> (log10 alpha, loss after ``epoch`` epochs, shape
+    (seeds, alphas))."""
+    acc: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["panel"] == "fig4" and int(r["epoch"]) == epoch:
             key = (bool(int(r["bias_correction"])), float(r["beta1"]), float(r["beta2"]))
-            acc[key].append((np.log10(float(r["learning_rate"])), float(r["loss"])))
+            acc[key][r["seed"]].append((np.log10(float(r["learning_rate"])), float(r["loss"])))
     out = {}
-    for key, pts in acc.items():
-        pts.sort()
-        out[key] = (np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
+    for key, by_seed in acc.items():
+        curves = [sorted(pts) for _, pts in sorted(by_seed.items())]
+        out[key] = (
+            np.array([p[0] for p in curves[0]]),
+            np.array([[p[1] for p in c] for c in curves]),
+        )
     return out
 
 
-def figure4(rows: list[dict], out: Path, few: int, many: int) -> Path:
+def figure4(rows: list[dict], out: Path, note: str, few: int, many: int) -> Path:
     """Fig. 4: VAE loss vs log10(alpha); columns beta2, rows after ``few`` / ``many`` epochs;
     red = with bias correction, green = without; solid beta1 = 0.9, dashed beta1 = 0."""
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), sharex=True)
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.8), sharex=True)
     data_note = next((r["dataset"] for r in rows if r["panel"] == "fig4"), "")
     for i, epoch in enumerate((few, many)):
         curves = vae_losses(rows, epoch)
-        finite = [v for _, ys in curves.values() for v in ys if np.isfinite(v)]
+        finite = [v for _, ys in curves.values() for v in ys.ravel() if np.isfinite(v)]
         top = np.percentile(finite, 90) * 1.5 if finite else 1.0
         bottom = min(finite) * 0.95 if finite else 0.0
         for j, b2 in enumerate(VAE_BETA2):
@@ -124,14 +155,17 @@ def figure4(rows: list[dict], out: Path, few: int, many: int) -> Path:
                 for b1, style in ((0.9, "-"), (0.0, "--")):
                     if (bc, b1, b2) not in curves:
                         continue
-                    x, y = curves[(bc, b1, b2)]
-                    y = np.where(np.isfinite(y), np.minimum(y, top), top)  # diverged: clip to top
+                    x, ys = curves[(bc, b1, b2)]
+                    ys = np.where(np.isfinite(ys), np.minimum(ys, top), top)  # diverged: at top
                     label = f"{'with' if bc else 'no'} bias corr., β1={b1}"
-                    ax.plot(x, y, style, color=color, marker="o", ms=3, label=label)
+                    ax.plot(x, ys.mean(0), style, color=color, marker="o", ms=3, label=label)
+                    if len(ys) > 1:
+                        ax.fill_between(x, ys.min(0), ys.max(0), color=color, alpha=0.15, lw=0)
             ax.set_ylim(bottom, top)
-            ax.set_title(f"β2={b2}, after {epoch} epochs", fontsize=10)
+            ax.set_title(f"β2={b2}, after {epoch} epochs", fontsize=9)
             ax.set_xlabel("log10(α)")
             if j == 0:
                 ax.set_ylabel("loss (negative ELBO)")
     axes[0, 0].legend(fontsize=7)
-    return _save(fig, out / "fig4.png", data_note + "; diverged runs drawn at the top edge")
+    fig.suptitle(f"Fig. 4: VAE on {data_name(data_note)} ({note})", fontsize=10)
+    return _save(fig, out / "fig4.png", note, data_note + "; diverged runs drawn at the top edge")

@@ -1,8 +1,11 @@
 """The Section 6 experiments: which model, data, optimizers and grids each figure uses, and the run.
 
 Every optimizer's learning rate is chosen by grid search: all grid points are trained from the same
-initialisation, and the one with the lowest final training cost is the "selected" curve a figure
-shows. Baselines come from optax; Adam and AdaMax from adam_jax. All rows go to ``results.csv``.
+initialisation for every seed, and the one with the lowest final training cost, averaged over the
+seeds, is the "selected" curve a figure shows. When the selection is at an edge of the grid, the
+grid is extended past that edge, a bounded number of half-decade steps. Baselines come from optax;
+Adam and AdaMax from adam_jax. Rows go to ``results.csv`` as each group of runs finishes, so an
+interrupted run keeps them, and ``--resume`` skips them.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import io
 import itertools
+import math
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -20,23 +26,17 @@ import optax
 import adam_jax
 from adam_jax.paper import data as data_lib
 from adam_jax.paper import models, train
+from adam_jax.paper.claims import LABELS  # noqa: F401 (re-exported)
 
 FIGURES = ("fig1", "fig2", "fig3", "fig4")
 FIELDS = (
     "figure", "panel", "dataset", "model", "optimizer", "hyperparameters", "learning_rate",
-    "beta1", "beta2", "bias_correction", "selected", "epoch", "loss",
+    "beta1", "beta2", "bias_correction", "seed", "selected", "epoch", "iteration", "loss",
 )  # fmt: skip
 
-LABELS = {
-    "adam": "Adam",
-    "adamax": "AdaMax",
-    "sgd_nesterov": "SGD Nesterov",
-    "adagrad": "AdaGrad",
-    "rmsprop": "RMSProp",
-    "adadelta": "AdaDelta",
-}
-
-# Learning-rate grids (the paper says "dense grid" and gives none). Quick mode uses 3-4 points.
+# Learning-rate grids (the paper says "dense grid" and gives none), in half-decade steps. Under
+# alpha/sqrt(t) (Fig. 1) a grid is moved up a decade. Either way a selection on an edge extends
+# the grid past it, up to ``Budget.max_extend`` steps each way.
 FULL_GRIDS = {
     "adam": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
     "adamax": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
@@ -66,11 +66,14 @@ class Budget:
     """How much of the paper a run does. ``full`` is the documented full run."""
 
     name: str
-    epochs: dict[str, int]  # per panel; fig4 uses "fig4_few" and "fig4_many"
+    epochs: dict[str, int]  # per panel; "fig3_early" is Fig. 3 left, fig4 uses few/many
     grids: dict[str, tuple[float, ...]]
+    seeds: int  # default number of seeds
+    max_extend: int = 2  # grid extensions past each edge
     cnn_channels: tuple[int, int, int] = (64, 64, 128)
     cnn_hidden: int = 1000
     max_examples: int | None = None  # cap on training examples per dataset
+    imdb_docs: int = 2000  # documents in the generated bag-of-words corpus
 
 
 FULL = Budget(
@@ -78,12 +81,15 @@ FULL = Budget(
     {"fig1_mnist": 45, "fig1_imdb": 45, "fig2": 100, "fig3": 45, "fig3_early": 3,
      "fig4_few": 10, "fig4_many": 100},
     FULL_GRIDS,
+    seeds=5,
+    imdb_docs=25_000,
 )  # fmt: skip
 QUICK = Budget(
     "quick",
-    {"fig1_mnist": 15, "fig1_imdb": 10, "fig2": 8, "fig3": 6, "fig3_early": 2,
+    {"fig1_mnist": 15, "fig1_imdb": 10, "fig2": 8, "fig3": 6, "fig3_early": 3,
      "fig4_few": 3, "fig4_many": 15},
     QUICK_GRIDS,
+    seeds=3,
     cnn_channels=(16, 16, 32),
     cnn_hidden=250,
 )  # fmt: skip
@@ -92,6 +98,8 @@ TINY = Budget(
     {"fig1_mnist": 2, "fig1_imdb": 2, "fig2": 2, "fig3": 2, "fig3_early": 1,
      "fig4_few": 1, "fig4_many": 2},
     TINY_GRIDS,
+    seeds=2,
+    max_extend=0,
     cnn_channels=(4, 4, 8),
     cnn_hidden=16,
     max_examples=256,
@@ -99,10 +107,12 @@ TINY = Budget(
 BUDGETS = {b.name: b for b in (FULL, QUICK, TINY)}
 
 
+@functools.cache
 def make_optimizer(name: str, schedule: bool) -> train.MakeTx:
     """A function of the (traced) hyperparameters ``{"lr": ...}`` giving the optimizer ``name``.
 
-    With ``schedule`` the step size is alpha/sqrt(t) (Section 6.1) for every optimizer.
+    With ``schedule`` the step size is alpha/sqrt(t) (Section 6.1). One function per (name,
+    schedule), so its compiled training epoch is reused.
     """
 
     def lr(h):
@@ -181,75 +191,210 @@ def datasets_for(figures: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def scheduled(panel: Panel, optimizer: str) -> bool:
+    """Whether ``optimizer`` runs with alpha/sqrt(t) in ``panel``: in Fig. 1 (Section 6.1) every
+    optimizer but AdaGrad, whose steps already shrink like 1/sqrt(t) (Section 5: AdaGrad is Adam
+    with beta1 = 0, infinitesimal 1 - beta2 and alpha_t = alpha/sqrt(t)); decaying it again would
+    give 1/t steps."""
+    return panel.schedule and optimizer != "adagrad"
+
+
 def grid_for(optimizer: str, budget: Budget, schedule: bool) -> tuple[float, ...]:
-    """The learning rates tried for ``optimizer``. Under alpha/sqrt(t) the step shrinks 10x by
-    t = 100, so the grid is moved up a decade (its largest value and 10x that in quick mode)."""
+    """The starting learning rates for ``optimizer``. Under alpha/sqrt(t) the step shrinks 10x by
+    t = 100, so the grid is moved up a decade."""
     grid = budget.grids[optimizer]
-    if not schedule:
-        return grid
-    if budget.name == "full":
-        return (*grid, *(10 * g for g in grid[-2:]))
-    return tuple(10 * g for g in grid)
+    return tuple(float(f"{10 * g:.3g}") for g in grid) if schedule else grid
 
 
-def work_units(figures: Iterable[str], budget: Budget) -> int:
-    """Epochs of single runs the figures need (the progress bar's total)."""
+def extend_grid(grid: tuple[float, ...], up: bool) -> float:
+    """The next half-decade point past the top (``up``) or bottom of ``grid``: steps alternate
+    x3 and x10/3 (1e-3, 3e-3, 1e-2, ...), continuing the grid's own pattern."""
+    if len(grid) < 2:
+        ratio = 3.0
+    else:
+        last = grid[-1] / grid[-2] if up else grid[1] / grid[0]
+        ratio = 10 / 3 if abs(last - 3.0) < 0.1 else 3.0
+    return float(f"{(grid[-1] * ratio if up else grid[0] / ratio):.3g}")
+
+
+def work_units(figures: Iterable[str], budget: Budget, seeds: int = 1) -> int:
+    """Epochs of single runs the starting grids need, over ``seeds`` seeds (the progress bar's
+    total; grid extensions add to it as they happen)."""
     total = 0
     for p in PANELS:
         if p.figure in set(figures):
             total += (
-                sum(len(grid_for(o, budget, p.schedule)) for o in p.optimizers)
+                sum(len(grid_for(o, budget, scheduled(p, o))) for o in p.optimizers)
                 * budget.epochs[p.panel]
             )
     if "fig4" in set(figures):
         total += 2 * budget.epochs["fig4_many"]  # one vectorised call per bias-correction setting
-    return total
+    return total * seeds
 
 
 def _fmt(value: float) -> str:
     return f"{value:.6g}"
 
 
+class Progress:
+    """What the runner reports to: ``update(n)`` after n run-epochs, ``grow(n)`` when a grid is
+    extended. A tqdm bar fits (``total`` is changed in place)."""
+
+    def __init__(self, bar=None) -> None:
+        self.bar = bar
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def grow(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.total += n
+            self.bar.refresh()
+
+
+RunKey = tuple[str, str, str, str]  # (panel, optimizer, hyperparameters, seed)
+
+
+def run_key(row: dict) -> RunKey:
+    """The run a row belongs to (Fig. 3's per-iteration rows belong to their ``fig3`` run)."""
+    panel = row["panel"].removesuffix("_iter")
+    return (panel, row["optimizer"], row["hyperparameters"], str(row["seed"]))
+
+
+class Results:
+    """``results.csv`` written as groups of runs finish (one write per group, so Ctrl-C keeps
+    every finished group). With ``resume``, the finished runs already in the file are kept and
+    handed back instead of being trained again; anything unfinished is dropped."""
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        self.path = path
+        self.kept: dict[RunKey, list[dict]] = {}
+        if resume and path.is_file():
+            for row in read_csv(path):
+                self.kept.setdefault(run_key(row), []).append(row)
+        write_csv([r for rows in self.kept.values() for r in rows], path)
+        self.finished_runs = 0
+
+    def take(self, keys: list[RunKey], last_epoch: int) -> list[dict] | None:
+        """The kept rows of the runs ``keys`` if every one of them finished (has its
+        ``last_epoch`` row), else None (they are trained again, as one group)."""
+        rows = [self.kept.get(k, []) for k in keys]
+        if all(
+            any(r["epoch"] == str(last_epoch) and not r["iteration"] for r in rs) for rs in rows
+        ):
+            self.finished_runs += len(keys)
+            return [r for rs in rows for r in rs]
+        for k in keys:
+            self.kept.pop(k, None)
+        return None
+
+    def add(self, rows: list[dict]) -> None:
+        """Append ``rows`` (a finished group) to the file in one write."""
+        buf = io.StringIO()
+        csv.DictWriter(buf, fieldnames=FIELDS).writerows(rows)
+        with open(self.path, "a", newline="") as f:
+            f.write(buf.getvalue())
+            f.flush()
+        self.finished_runs += len({run_key(r) for r in rows})
+
+
+def _final_cost(rows: list[dict], last_epoch: int) -> float:
+    loss = [float(r["loss"]) for r in rows if r["epoch"] == str(last_epoch) and not r["iteration"]]
+    return loss[0] if loss and math.isfinite(loss[0]) else math.inf
+
+
+def select(costs: dict[float, list[float]]) -> float:
+    """The learning rate with the lowest final cost averaged over seeds (non-finite: +inf)."""
+    return min(sorted(costs), key=lambda lr: float(np.mean(costs[lr])))
+
+
 def run_panel(
     panel: Panel,
     ds: data_lib.Dataset,
     budget: Budget,
-    seed: int,
-    tick: Callable[[int], None],
+    seeds: list[int],
+    results: Results,
+    progress: Progress,
 ) -> list[dict]:
-    """Grid-search every optimizer of ``panel``; one row per (run, epoch)."""
+    """Grid-search every optimizer of ``panel`` over ``seeds``; one row per (run, epoch), plus,
+    for Fig. 3, one row per iteration of the first epochs (panel ``fig3_iter``)."""
     model = build_model(panel.panel, ds, budget)
     epochs = budget.epochs[panel.panel]
+    step_epochs = budget.epochs["fig3_early"] if panel.figure == "fig3" else 0
+    vectorize = panel.panel != "fig3"
     rows = []
     for opt in panel.optimizers:
-        grid = np.asarray(grid_for(opt, budget, panel.schedule), np.float64)
-        vectorize = panel.panel != "fig3"
-        losses = train.train_runs(
-            model, ds.x, ds.y, make_optimizer(opt, panel.schedule), {"lr": grid}, epochs, seed,
-            on_epoch=functools.partial(tick, len(grid) if vectorize else 1), vectorize=vectorize,
-        )  # fmt: skip
-        final = np.where(np.isfinite(losses[:, -1]), losses[:, -1], np.inf)
-        best = int(np.argmin(final))
-        sched = " schedule=alpha/sqrt(t)" if panel.schedule else ""
-        for r, lr in enumerate(grid):
-            for e in range(epochs + 1):
-                rows.append(
-                    {
-                        "figure": panel.figure, "panel": panel.panel, "dataset": ds.source,
-                        "model": model.name, "optimizer": opt,
-                        "hyperparameters": f"lr={_fmt(lr)}{sched}", "learning_rate": _fmt(lr),
-                        "beta1": "", "beta2": "", "bias_correction": "",
-                        "selected": int(r == best), "epoch": e, "loss": repr(float(losses[r, e])),
-                    }
-                )  # fmt: skip
+        sched = scheduled(panel, opt)
+        tag = " schedule=alpha/sqrt(t)" if sched else ""
+
+        def group(lrs: tuple[float, ...], seed: int, opt=opt, sched=sched, tag=tag) -> list[dict]:
+            keys = [(panel.panel, opt, f"lr={_fmt(lr)}{tag}", str(seed)) for lr in lrs]
+            kept = results.take(keys, epochs)
+            if kept is not None:
+                progress.update(len(lrs) * epochs)
+                return kept
+            lr_arr = np.asarray(lrs, np.float64)
+            losses, step_losses = train.train_runs(
+                model, ds.x, ds.y, make_optimizer(opt, sched), {"lr": lr_arr}, epochs, seed,
+                on_epoch=functools.partial(progress.update, len(lrs) if vectorize else 1),
+                vectorize=vectorize, step_epochs=step_epochs,
+            )  # fmt: skip
+            steps = len(ds.y) // train.BATCH_SIZE
+            new = []
+            for r, lr in enumerate(lrs):
+                base = {
+                    "figure": panel.figure, "dataset": ds.source, "model": model.name,
+                    "optimizer": opt, "hyperparameters": keys[r][2], "learning_rate": _fmt(lr),
+                    "beta1": "", "beta2": "", "bias_correction": "", "seed": seed, "selected": "",
+                }  # fmt: skip
+                for i, loss in enumerate(step_losses[r]):
+                    new.append({**base, "panel": "fig3_iter", "epoch": i // steps + 1,
+                                "iteration": i + 1, "loss": repr(float(loss))})  # fmt: skip
+                for e in range(epochs + 1):
+                    new.append({**base, "panel": panel.panel, "epoch": e, "iteration": "",
+                                "loss": repr(float(losses[r, e]))})  # fmt: skip
+            new = [{k: str(v) for k, v in row.items()} for row in new]
+            results.add(new)
+            return new
+
+        grid = grid_for(opt, budget, sched)
+        by_lr: dict[float, list[dict]] = {}
+        pending = list(grid)
+        extended = {True: 0, False: 0}
+        while pending:
+            per_seed = [group(tuple(pending), seed) for seed in seeds]
+            for lr in pending:
+                hp = f"lr={_fmt(lr)}{tag}"
+                by_lr[lr] = [r for rs in per_seed for r in rs if r["hyperparameters"] == hp]
+            grid = tuple(sorted(by_lr))
+            best = select(
+                {lr: [_final_cost([r for r in rs if r["seed"] == str(s)], epochs) for s in seeds]
+                 for lr, rs in by_lr.items()}
+            )  # fmt: skip
+            pending = []
+            for up, edge in ((True, grid[-1]), (False, grid[0])):
+                if best == edge and extended[up] < budget.max_extend:
+                    extended[up] += 1
+                    pending = [extend_grid(grid, up)]
+                    progress.grow(len(seeds) * epochs)
+                    break
+        for lr in grid:
+            for r in by_lr[lr]:
+                r["selected"] = str(int(lr == best))
+            rows += by_lr[lr]
     return rows
 
 
 def run_vae_grid(
-    ds: data_lib.Dataset, budget: Budget, seed: int, tick: Callable[[int], None]
+    ds: data_lib.Dataset,
+    budget: Budget,
+    seeds: list[int],
+    results: Results,
+    progress: Progress,
 ) -> list[dict]:
     """Fig. 4: the VAE over the paper's full (beta1, beta2, alpha) grid, with and without bias
-    correction; losses after ``fig4_few`` and ``fig4_many`` epochs come from one run each."""
+    correction, per seed; losses after ``fig4_few`` and ``fig4_many`` epochs come from one run."""
     model = build_model("fig4", ds, budget)
     grid = list(itertools.product(VAE_BETA1, VAE_BETA2, VAE_LOG10_ALPHA))
     hp = {
@@ -259,27 +404,45 @@ def run_vae_grid(
     }
     epochs = budget.epochs["fig4_many"]
     rows = []
-    for bc in (True, False):
-
-        def make_tx(h, bc=bc):
-            return adam_jax.adam(h["lr"], b1=h["b1"], b2=h["b2"], bias_correction=bc)
-
-        losses = train.train_runs(
-            model, ds.x, ds.y, make_tx, hp, epochs, seed, on_epoch=lambda: tick(1)
-        )
+    for seed, bc in itertools.product(seeds, (True, False)):
+        name = "adam" if bc else "adam_no_bias_correction"
+        keys = [
+            ("fig4", name, f"lr=1e{a} b1={b1} b2={b2} bias_correction={bc}", str(seed))
+            for b1, b2, a in grid
+        ]
+        kept = results.take(keys, epochs)
+        if kept is not None:
+            progress.update(epochs)
+            rows += kept
+            continue
+        losses, _ = train.train_runs(
+            model, ds.x, ds.y, _vae_optimizer(bc), hp, epochs, seed,
+            on_epoch=lambda: progress.update(1),
+        )  # fmt: skip
+        new = []
         for r, (b1, b2, log_lr) in enumerate(grid):
             for e in range(epochs + 1):
-                rows.append(
+                new.append(
                     {
                         "figure": "fig4", "panel": "fig4", "dataset": ds.source, "model": model.name,
-                        "optimizer": "adam" if bc else "adam_no_bias_correction",
-                        "hyperparameters": f"lr=1e{log_lr} b1={b1} b2={b2} bias_correction={bc}",
+                        "optimizer": name, "hyperparameters": keys[r][2],
                         "learning_rate": _fmt(10.0**log_lr), "beta1": b1, "beta2": b2,
-                        "bias_correction": int(bc), "selected": 0, "epoch": e,
-                        "loss": repr(float(losses[r, e])),
+                        "bias_correction": int(bc), "seed": seed, "selected": 0, "epoch": e,
+                        "iteration": "", "loss": repr(float(losses[r, e])),
                     }
                 )  # fmt: skip
+        new = [{k: str(v) for k, v in row.items()} for row in new]
+        results.add(new)
+        rows += new
     return rows
+
+
+@functools.cache
+def _vae_optimizer(bc: bool) -> train.MakeTx:
+    def make_tx(h):
+        return adam_jax.adam(h["lr"], b1=h["b1"], b2=h["b2"], bias_correction=bc)
+
+    return make_tx
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -296,17 +459,10 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def run(
-    figures: Iterable[str],
-    budget: Budget,
-    seed: int,
-    data_dir: str | None,
-    tick: Callable[[int], None],
-) -> list[dict]:
-    """Run the experiments of ``figures``; returns all result rows."""
-    figures = list(figures)
+def load_data(figures: Iterable[str], budget: Budget, data_dir: str | None) -> dict:
+    """The datasets ``figures`` need (CIFAR-10 ZCA-whitened), loaded before any training."""
     datasets = {
-        name: data_lib.load(name, data_dir, seed).subset(budget.max_examples)
+        name: data_lib.load(name, data_dir, budget.imdb_docs).subset(budget.max_examples)
         for name in datasets_for(figures)
     }
     if "cifar10" in datasets:
@@ -314,10 +470,36 @@ def run(
         datasets["cifar10"] = dataclasses.replace(
             ds, x=zca_whiten(ds.x), source=ds.source + ", ZCA-whitened"
         )
+    return datasets
+
+
+def run(
+    figures: Iterable[str],
+    budget: Budget,
+    seeds: list[int],
+    datasets: dict,
+    results: Results,
+    progress: Progress,
+    seconds: dict[str, float] | None = None,
+    cpu_seconds: dict[str, float] | None = None,
+) -> list[dict]:
+    """Run the experiments of ``figures`` over ``seeds``; returns all result rows, in the same
+    order whether or not some came from ``results`` (a resumed run). The training time of each
+    figure is added to ``seconds`` (wall clock) and ``cpu_seconds`` (this process's CPU time,
+    which a machine shared with other work does not inflate)."""
+    figures = list(figures)
+    seconds = {} if seconds is None else seconds
+    cpu_seconds = {} if cpu_seconds is None else cpu_seconds
     rows: list[dict] = []
-    for panel in PANELS:
-        if panel.figure in figures:
-            rows += run_panel(panel, datasets[panel.dataset], budget, seed, tick)
-    if "fig4" in figures:
-        rows += run_vae_grid(datasets["mnist"], budget, seed, tick)
+    for figure in FIGURES:
+        if figure not in figures:
+            continue
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for panel in PANELS:
+            if panel.figure == figure:
+                rows += run_panel(panel, datasets[panel.dataset], budget, seeds, results, progress)
+        if figure == "fig4":
+            rows += run_vae_grid(datasets["mnist"], budget, seeds, results, progress)
+        seconds[figure] = seconds.get(figure, 0.0) + time.perf_counter() - start
+        cpu_seconds[figure] = cpu_seconds.get(figure, 0.0) + time.process_time() - cpu_start
     return rows

@@ -7,6 +7,7 @@ traced hyperparameters). An epoch is one ``jax.jit``-compiled ``lax.scan`` over 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import jax
@@ -30,6 +31,52 @@ def _eval_split(n: int) -> tuple[int, int]:
     return min(n, MAX_EVAL) // EVAL_CHUNK, EVAL_CHUNK
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled(model: Model, make_tx: MakeTx, vectorize: bool):
+    """Jitted (cost, init, epoch) functions of ``model`` and ``make_tx``, built once and reused by
+    every call with the same model and optimizer: data, parameters and keys are arguments."""
+
+    def cost(params, x_eval, y_eval, k_eval):
+        per_chunk = jax.lax.map(
+            lambda xy: model.loss(params, xy[0].astype(jnp.float32), xy[1], k_eval, False),
+            (x_eval, y_eval),
+        )
+        return jnp.mean(per_chunk)
+
+    def init_one(h, params0):
+        return make_tx(h).init(params0)
+
+    def epoch_one(h, params, opt_state, order, keys, data):
+        tx = make_tx(h)
+        x_dev, y_dev, x_eval, y_eval, k_eval = data
+
+        def step(carry, batch):
+            p, s = carry
+            idx, key = batch
+            xb, yb = x_dev[idx].astype(jnp.float32), y_dev[idx]
+            loss, grads = jax.value_and_grad(model.loss)(p, xb, yb, key, True)
+            updates, s = tx.update(grads, s, p)
+            return (optax.apply_updates(p, updates), s), loss
+
+        (params, opt_state), step_loss = jax.lax.scan(step, (params, opt_state), (order, keys))
+        return params, opt_state, cost(params, x_eval, y_eval, k_eval), step_loss
+
+    def run_epoch(h, params, opt_state, key, data):
+        n = data[1].shape[0]
+        steps = n // BATCH_SIZE
+        k_perm, k_drop = jax.random.split(key)
+        order = jax.random.permutation(k_perm, n)[: steps * BATCH_SIZE].reshape(steps, BATCH_SIZE)
+        keys = jax.random.split(k_drop, steps)
+        if vectorize:
+            return jax.vmap(epoch_one, in_axes=(0, 0, 0, None, None, None))(
+                h, params, opt_state, order, keys, data
+            )
+        return epoch_one(h, params, opt_state, order, keys, data)
+
+    init = jax.vmap(init_one, in_axes=(0, None)) if vectorize else init_one
+    return jax.jit(cost), jax.jit(init), jax.jit(run_epoch)
+
+
 def train_runs(
     model: Model,
     x: np.ndarray,
@@ -40,14 +87,18 @@ def train_runs(
     seed: int,
     on_epoch: Callable[[], None] | None = None,
     vectorize: bool = True,
-) -> np.ndarray:
+    step_epochs: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Train one run per entry of ``hparams`` (arrays of equal length R) for ``epochs`` epochs.
 
-    Returns the training cost, shape (R, epochs + 1): column 0 at the initial parameters, column e
-    after epoch e, evaluated without dropout on (up to ``MAX_EVAL`` of) the training set. Diverged
-    runs give inf or nan, which the caller treats as failures. ``vectorize=False`` trains the runs
-    one after another with one compiled epoch (faster for convolutions, which XLA's CPU backend
-    runs slowly when vmapped over different kernels).
+    Returns ``(costs, step_costs)``. ``costs``, shape (R, epochs + 1), is the training cost:
+    column 0 at the initial parameters, column e after epoch e, evaluated without dropout on (up
+    to ``MAX_EVAL`` of) the training set. ``step_costs``, shape (R, step_epochs * steps per
+    epoch), is the minibatch cost (with dropout) at every iteration of the first ``step_epochs``
+    epochs, before that iteration's update. Diverged runs give inf or nan, which the caller
+    treats as failures. ``seed`` fixes the initialisation, the minibatch order and the dropout
+    masks. ``vectorize=False`` trains the runs one after another with one compiled epoch (faster
+    for convolutions, which XLA's CPU backend runs slowly when vmapped over different kernels).
     """
     n = len(y)
     if n < BATCH_SIZE:
@@ -60,58 +111,31 @@ def train_runs(
     chunks, chunk = _eval_split(n)
     x_eval = x_dev[: chunks * chunk].reshape(chunks, chunk, *x.shape[1:])
     y_eval = y_dev[: chunks * chunk].reshape(chunks, chunk)
+    data = (x_dev, y_dev, x_eval, y_eval, k_eval)
+    cost, init, run_epoch = _compiled(model, make_tx, vectorize)
 
-    def cost(params):
-        per_chunk = jax.lax.map(
-            lambda xy: model.loss(params, xy[0].astype(jnp.float32), xy[1], k_eval, False),
-            (x_eval, y_eval),
-        )
-        return jnp.mean(per_chunk)
-
-    def init_one(h):
-        return make_tx(h).init(params0)
-
-    def epoch_one(h, params, opt_state, order, keys):
-        tx = make_tx(h)
-
-        def step(carry, batch):
-            p, s = carry
-            idx, key = batch
-            xb, yb = x_dev[idx].astype(jnp.float32), y_dev[idx]
-            grads = jax.grad(model.loss)(p, xb, yb, key, True)
-            updates, s = tx.update(grads, s, p)
-            return (optax.apply_updates(p, updates), s), None
-
-        (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), (order, keys))
-        return params, opt_state, cost(params)
-
-    def run_epoch(h, params, opt_state, key):
-        k_perm, k_drop = jax.random.split(key)
-        order = jax.random.permutation(k_perm, n)[: steps * BATCH_SIZE].reshape(steps, BATCH_SIZE)
-        keys = jax.random.split(k_drop, steps)
-        if vectorize:
-            return jax.vmap(epoch_one, in_axes=(0, 0, 0, None, None))(
-                h, params, opt_state, order, keys
-            )
-        return epoch_one(h, params, opt_state, order, keys)
-
-    run_epoch = jax.jit(run_epoch)
     runs = len(next(iter(hp.values())))
-    initial = float(jax.jit(cost)(params0))
+    initial = float(cost(params0, x_eval, y_eval, k_eval))
     losses = np.full((runs, epochs + 1), initial, np.float64)
+    step_epochs = min(step_epochs, epochs)
+    step_losses = np.zeros((runs, step_epochs * steps), np.float64)
     epoch_keys = jax.random.split(k_epochs, epochs)
     groups = [slice(None)] if vectorize else [slice(r, r + 1) for r in range(runs)]
     for rows in groups:
         h = {k: v[rows] for k, v in hp.items()}
         if vectorize:
             params = jax.tree.map(lambda a: jnp.broadcast_to(a, (runs, *a.shape)), params0)
-            opt_state = jax.jit(jax.vmap(init_one))(h)
         else:
             h = {k: v[0] for k, v in h.items()}
-            params, opt_state = params0, jax.jit(init_one)(h)
+            params = params0
+        opt_state = init(h, params0)
         for e in range(1, epochs + 1):
-            params, opt_state, loss = run_epoch(h, params, opt_state, epoch_keys[e - 1])
+            params, opt_state, loss, step_loss = run_epoch(
+                h, params, opt_state, epoch_keys[e - 1], data
+            )
             losses[rows, e] = np.asarray(loss)
+            if e <= step_epochs:
+                step_losses[rows, (e - 1) * steps : e * steps] = np.asarray(step_loss)
             if on_epoch is not None:
                 on_epoch()
-    return losses
+    return losses, step_losses

@@ -1,0 +1,36 @@
+"""The committed quick run (results/quick) and the README's claims table agree, and the committed
+run is what the README says it is (quick mode, at least 3 seeds, finished)."""
+
+import json
+from pathlib import Path
+
+from adam_jax.paper import claims
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = REPO / "results" / "quick"
+START = "<!-- claims table: generated from results/quick/summary.md -->"
+END = "<!-- end of claims table -->"
+
+
+def readme_block() -> str:
+    text = (REPO / "README.md").read_text()
+    return text[text.index(START) + len(START) : text.index(END)].strip()
+
+
+def test_readme_claims_table_is_the_committed_summarys():
+    table = claims.claims_table((QUICK / "summary.md").read_text())
+    assert readme_block() == table, (
+        "README's claims table differs from results/quick/summary.md: paste "
+        "adam_jax.paper.claims.claims_table(summary) between the markers"
+    )
+
+
+def test_committed_quick_run_is_described_by_its_run_json():
+    info = json.loads((QUICK / "run.json").read_text())
+    summary = (QUICK / "summary.md").read_text()
+    assert info["mode"] == "quick" and info["status"] == "finished"
+    assert len(info["seeds"]) >= 3 and info["figures"] == ["fig1", "fig2", "fig3", "fig4"]
+    assert f"(quick run, seeds {', '.join(map(str, info['seeds']))})" in summary
+    assert f"adam_jax {info['adam_jax']}, jax {info['jax']}" in summary
+    rows = [line for line in claims.claims_table(summary).splitlines() if line.startswith("| Fig")]
+    assert len(rows) == 9 and all(f"of {len(info['seeds'])} |" in r for r in rows)
