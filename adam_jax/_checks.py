@@ -98,6 +98,20 @@ def check_complex_agrees(where: str, updates: PyTree, moments: PyTree) -> None:
             )
 
 
+def check_state_type(where: str, state: Any, expected: type) -> None:
+    """``TypeError`` unless ``state`` is the kind of state this transformation's ``init`` makes.
+
+    Another optimizer's state can have the same fields (AdaMax's ``nu`` holds u_t, Adam's holds
+    v_t), so it would be misread silently.
+    """
+    if not isinstance(state, expected):
+        raise TypeError(
+            f"{where}: update was given a {type(state).__name__}, but its init makes a "
+            f"{expected.__name__}. Pass the state that this optimizer's init returned; a state "
+            "made by another optimizer would be misread."
+        )
+
+
 def check_update_args(
     where: str,
     updates: PyTree,

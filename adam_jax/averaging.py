@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from adam_jax import _tree, _validate
+from adam_jax import _checks, _tree, _validate
 
 
 class TemporalAveragingState(NamedTuple):
@@ -71,6 +71,7 @@ def temporal_averaging(
         state: TemporalAveragingState,
         params: optax.Params | None = None,
     ) -> tuple[optax.Updates, TemporalAveragingState]:
+        _checks.check_state_type("temporal_averaging", state, TemporalAveragingState)
         if params is None:
             raise ValueError(
                 "temporal_averaging needs the parameters: call tx.update(grads, state, params)."

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from adam_jax import _tree
+from adam_jax import _checks, _tree
 
 
 class KahanSummationState(NamedTuple):
@@ -41,6 +41,7 @@ def kahan_summation() -> optax.GradientTransformation:
     def update_fn(
         updates: optax.Updates, state: KahanSummationState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, KahanSummationState]:
+        _checks.check_state_type("kahan_summation", state, KahanSummationState)
         if params is None:
             raise ValueError(
                 "kahan_summation needs the parameters: call tx.update(updates, state, params)."

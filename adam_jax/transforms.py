@@ -193,6 +193,7 @@ def _scale_by_adam(
     def update_fn(
         updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ScaleByAdamState]:
+        _checks.check_state_type("scale_by_adam", state, ScaleByAdamState)
         _checks.check_update_args(
             "scale_by_adam", updates, params, {"mu": state.mu, "nu": state.nu}
         )
@@ -331,6 +332,7 @@ def _scale_by_adamax(
     def update_fn(
         updates: optax.Updates, state: ScaleByAdamaxState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ScaleByAdamaxState]:
+        _checks.check_state_type("scale_by_adamax", state, ScaleByAdamaxState)
         _checks.check_update_args(
             "scale_by_adamax", updates, params, {"mu": state.mu, "nu": state.nu}
         )
@@ -375,6 +377,7 @@ def bias_correction(decay: ArrayLike) -> optax.GradientTransformation:
     def update_fn(
         updates: optax.Updates, state: BiasCorrectionState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, BiasCorrectionState]:
+        _checks.check_state_type("bias_correction", state, BiasCorrectionState)
         _checks.check_update_args("bias_correction", updates, params)
         t = _tree.increment(state.count)
         return _tree.debias(updates, _tree.debiasing(decay, t)), BiasCorrectionState(count=t)

@@ -71,3 +71,27 @@ def test_numpy_numbers_are_accepted_where_python_numbers_are():
     adam_jax.bias_correction(np.float32(0.9))
     schedule = adam_jax.inverse_sqrt_schedule(np.int32(1))
     np.testing.assert_allclose(schedule(3), 0.5, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("tx", "other", "expected", "given"),
+    [
+        (adam_jax.adam, adam_jax.adamax, "ScaleByAdamState", "ScaleByAdamaxState"),
+        (adam_jax.adamax, adam_jax.adam, "ScaleByAdamaxState", "ScaleByAdamState"),
+        (
+            lambda: adam_jax.bias_correction(0.9),
+            adam_jax.adam,
+            "BiasCorrectionState",
+            "tuple",
+        ),
+        (adam_jax.kahan_summation, adam_jax.temporal_averaging, "KahanSummationState", "Temporal"),
+        (adam_jax.temporal_averaging, adam_jax.kahan_summation, "TemporalAveragingState", "Kahan"),
+    ],
+    ids=["adam<-adamax", "adamax<-adam", "bias_correction<-adam", "kahan<-avg", "avg<-kahan"],
+)
+def test_update_refuses_a_state_its_init_did_not_make(tx, other, expected, given):
+    params = {"w": jnp.ones(3)}
+    with pytest.raises(
+        TypeError, match=rf"update was given a {given}\w*, but its init makes a {expected}"
+    ):
+        tx().update(params, other().init(params), params)
