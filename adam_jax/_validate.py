@@ -163,3 +163,12 @@ def check_dtype(name: str, value: Any) -> None:
             f"{name}={dtype.name} must be a floating-point or complex dtype (e.g. jnp.float32, "
             "jnp.bfloat16); an integer or boolean moment would truncate every update."
         )
+
+
+def check_transformation(name: str, value: Any) -> None:
+    """An optax ``GradientTransformation`` (anything with callable ``init`` and ``update``)."""
+    if not (callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))):
+        raise TypeError(
+            f"{name} must be an optax.GradientTransformation (e.g. adam_jax.adam(1e-3)); got "
+            f"{value!r} of type {type(value).__name__}."
+        )

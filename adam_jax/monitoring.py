@@ -112,6 +112,7 @@ def monitor(
       ValueError: at ``init`` if the state holds no Adam/AdaMax state, a needed hyperparameter is
         neither recorded nor given, or a given one contradicts the recorded one (naming both).
     """
+    _validate.check_transformation("tx", tx)
     if learning_rate is not None:
         _validate.check_learning_rate(learning_rate)
     if b1 is not None:

@@ -95,3 +95,10 @@ def test_update_refuses_a_state_its_init_did_not_make(tx, other, expected, given
         TypeError, match=rf"update was given a {given}\w*, but its init makes a {expected}"
     ):
         tx().update(params, other().init(params), params)
+
+
+@pytest.mark.parametrize("wrapper", ["monitor", "quantized_moments"])
+@pytest.mark.parametrize("bad", [None, "adam", optax.adam], ids=["None", "str", "factory"])
+def test_wrappers_reject_non_transformations_at_construction(wrapper, bad):
+    with pytest.raises(TypeError, match="tx must be an optax.GradientTransformation"):
+        getattr(adam_jax, wrapper)(bad)
