@@ -70,9 +70,12 @@ def test_boundary_values_are_accepted():
     adam_jax.adam(optax.exponential_decay(1e-3, 10, 0.5))  # schedules are not numbers
 
 
-def test_array_hyperparameters_skip_validation():
-    """Traced/array values are accepted unchecked (inject_hyperparams passes arrays)."""
-    adam_jax.adam(jnp.asarray(-1.0), b1=jnp.asarray(0.9))
+def test_traced_hyperparameters_skip_validation_concrete_arrays_do_not():
+    """Traced values are accepted unchecked (inject_hyperparams under jit); a concrete JAX array's
+    value is known, so it is range-checked like a number."""
+    adam_jax.adam(jnp.asarray(1e-3), b1=jnp.asarray(0.9))
+    with pytest.raises(ValueError, match="learning_rate=-1 \\(a JAX array\\) is out of range"):
+        adam_jax.adam(jnp.asarray(-1.0))
     jax.jit(lambda b1: adam_jax.scale_by_adam(b1=b1).init({"w": jnp.ones(2)}))(jnp.asarray(2.0))
 
 
