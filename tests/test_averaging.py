@@ -147,4 +147,6 @@ def test_adamw_matches_optax_adamw_with_mask(options):
 def test_adamw_weight_decay_validation(bad):
     with pytest.raises(ValueError, match="weight_decay="):
         adam_jax.adamw(weight_decay=bad)
-    adam_jax.adamw(weight_decay=jnp.asarray(bad))  # JAX values pass unvalidated
+    with pytest.raises(ValueError, match=r"weight_decay=\S+ \(a JAX array\)"):
+        adam_jax.adamw(weight_decay=jnp.asarray(bad))  # a concrete JAX value is checked too
+    jax.jit(lambda wd: adam_jax.adamw(weight_decay=wd).init({"w": jnp.ones(2)}))(bad)  # traced
