@@ -44,7 +44,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import AxisType, PartitionSpec
 
+from adam_jax import _tree
 from adam_jax.transforms import ScaleByAdamaxState, ScaleByAdamState
 
 PyTree = Any
@@ -97,16 +99,22 @@ def block_layout(shape: tuple[int, ...], block_size: int) -> tuple[int, int, int
     """``(k, blocks, block)``: how an array of ``shape`` is cut into blocks.
 
     The last ``k`` axes (the fewest whose product reaches ``block_size``; usually ``k = 1``) are
-    read in row-major order and cut into ``blocks`` runs of ``block`` elements, the last run shorter
-    when ``block`` does not divide them. The leading axes ``shape[:-k]`` are kept, so the scales
-    have shape ``shape[:-k] + (blocks,)``.
+    read in row-major order and cut into ``blocks`` runs of ``block`` elements: the largest
+    divisor of their size up to ``block_size`` when it is at least half of it, else equal runs
+    with a shorter last one. The leading axes ``shape[:-k]`` are kept, so the scales have shape
+    ``shape[:-k] + (blocks,)``.
     """
     k = 1 if shape else 0
     while k < len(shape) and math.prod(shape[-k:]) < block_size:
         k += 1
     n = math.prod(shape[len(shape) - k :])
-    blocks = max(1, -(-n // block_size))
-    return k, blocks, max(1, -(-n // blocks))
+    if n <= block_size:
+        return k, 1, max(1, n)
+    divisor = next(b for b in range(block_size, 0, -1) if n % b == 0)
+    if 2 * divisor >= block_size:
+        return k, n // divisor, divisor
+    blocks = -(-n // block_size)
+    return k, blocks, -(-n // blocks)
 
 
 def _scales_shape(shape: tuple[int, ...], block_size: int) -> tuple[int, ...]:
@@ -114,27 +122,76 @@ def _scales_shape(shape: tuple[int, ...], block_size: int) -> tuple[int, ...]:
     return (*shape[: len(shape) - k], blocks)
 
 
+def block_axis_partition(spec: tuple, mesh_shape: Any, shape: tuple, block_size: int) -> Any:
+    """The mesh axes the block axis of the scales is partitioned over, or ``None``.
+
+    ``spec`` is the parameter's partition spec, one entry per axis. The block axis runs along the
+    merged last axes; it keeps the partition of the first of them when the others are not
+    partitioned and every shard holds whole blocks (as for a last axis of 1024 in blocks of 256
+    over 2 devices), else the blocks are not partitioned.
+    """
+    k, blocks, block = block_layout(shape, block_size)
+    merged = tuple(spec[len(shape) - k :])
+    axis = merged[0] if merged else None
+    if axis is None or any(m is not None for m in merged[1:]):
+        return None
+    names = axis if isinstance(axis, tuple) else (axis,)
+    whole = blocks * block == math.prod(shape[len(shape) - k :])
+    return axis if whole and blocks % math.prod(mesh_shape[n] for n in names) == 0 else None
+
+
+def _explicit_spec(x: jax.Array) -> tuple | None:
+    """``x``'s partition spec (one entry per axis) when it is sharded over Explicit mesh axes."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or not any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ())):
+        return None
+    spec = tuple(sharding.spec)
+    return spec + (None,) * (x.ndim - len(spec))
+
+
+def _blockable(x: jax.Array, block_size: int) -> jax.Array:
+    """``x``, with the merged last axes unpartitioned on an Explicit mesh where the block axis
+    cannot carry their partition (so that the reshapes into blocks are defined)."""
+    spec = _explicit_spec(x)
+    if spec is None:
+        return x
+    shape = tuple(x.shape)
+    k = block_layout(shape, block_size)[0]
+    if block_axis_partition(spec, jax.typeof(x).sharding.mesh.shape, shape, block_size):
+        return x
+    if all(s is None for s in spec[len(shape) - k :]):
+        return x
+    return jax.sharding.reshard(x, PartitionSpec(*spec[: len(shape) - k]))
+
+
 def _block_max(x: jax.Array, block_size: int) -> jax.Array:
     """max |x| over each block, shape ``_scales_shape(x.shape)``, in float32."""
     shape = tuple(x.shape)
     k, blocks, block = block_layout(shape, block_size)
     lead = shape[: len(shape) - k]
-    flat = jnp.abs(x.astype(jnp.float32)).reshape(*lead, -1)
+    flat = jnp.abs(_blockable(x, block_size).astype(jnp.float32)).reshape(*lead, -1)
     pad = blocks * block - flat.shape[-1]
     if pad:
         flat = jnp.pad(flat, [(0, 0)] * len(lead) + [(0, pad)])
     return jnp.max(flat.reshape(*lead, blocks, block), axis=-1)
 
 
-def _per_element(per_block: jax.Array, shape: tuple[int, ...], block_size: int) -> jax.Array:
-    """Spread one value per block over the block's elements (shape ``shape``); fuses in XLA."""
+def _per_element(per_block: jax.Array, like: jax.Array, block_size: int) -> jax.Array:
+    """Spread one value per block over the block's elements, shaped (and on an Explicit mesh
+    sharded) like ``like``; fuses in XLA."""
+    shape = tuple(like.shape)
     k, blocks, block = block_layout(shape, block_size)
     lead = shape[: len(shape) - k]
     x = jnp.broadcast_to(per_block[..., None], (*lead, blocks, block)).reshape(*lead, -1)
     n = math.prod(shape[len(shape) - k :])
     if blocks * block != n:
         x = x[..., :n]
-    return x.reshape(shape)
+    x = x.reshape(shape)
+    spec = _explicit_spec(like)
+    if spec is not None and _explicit_spec(x) != spec:
+        x = jax.sharding.reshard(x, PartitionSpec(*spec))
+    return x
 
 
 def _levels(codes_dtype: np.dtype) -> float:
@@ -178,7 +235,7 @@ def _encode(
     codes_dtype = np.dtype(np.int8 if signed else np.uint8)
     q = _levels(codes_dtype)
     inv = jnp.where(scales >= _F32_TINY, 1.0 / jnp.maximum(scales, _F32_TINY), 0.0)
-    r = jnp.abs(x.astype(jnp.float32)) * _per_element(inv, tuple(x.shape), block_size)
+    r = jnp.abs(x.astype(jnp.float32)) * _per_element(inv, x, block_size)
     r = jnp.where(r < 1.0, r, 1.0)  # saturate (and map NaN to the top: it is not silently 0)
     y = jnp.sqrt(r)
     if power == 4:
@@ -200,7 +257,7 @@ def _decode(codes: jax.Array, scales: jax.Array, power: int, block_size: int) ->
     c = codes.astype(jnp.float32)
     unit = _decode_unit(jnp.abs(c), q, power)
     unit = jnp.where(c < 0, -unit, unit)
-    return unit * _per_element(scales, tuple(codes.shape), block_size)
+    return unit * _per_element(scales, codes, block_size)
 
 
 def quantize(
@@ -309,7 +366,7 @@ def quantized_moments(
             )
 
         def empty(x: jax.Array, signed: bool, power: int) -> QuantizedMoment:
-            codes = jnp.zeros_like(x, dtype=jnp.int8 if signed else jnp.uint8)
+            codes = _tree.zeros_like(x, lambda _: jnp.dtype(jnp.int8 if signed else jnp.uint8))
             return QuantizedMoment(
                 codes, _block_max(x, block_size), jnp.dtype(x.dtype), block_size, power
             )

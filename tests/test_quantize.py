@@ -28,22 +28,27 @@ from tests.helpers import param_trajectory, reference_per_leaf, run_updates
 
 def _numpy_blocks(x: np.ndarray, block_size: int) -> tuple[np.ndarray, int]:
     """Rows of blocks as the format defines them: the last axes (product >= block_size) in
-    row-major order, cut into equal runs padded with zeros; and the number of real elements."""
+    row-major order, cut into runs of the largest divisor up to block_size if it is at least
+    half of it, else into equal runs padded with zeros; and the number of real elements."""
     k = 1
     while k < x.ndim and int(np.prod(x.shape[-k:])) < block_size:
         k += 1
     lead = x.shape[: x.ndim - k]
     rows = x.reshape(int(np.prod(lead)), -1)
     n = rows.shape[1]
-    blocks = -(-n // block_size)
-    block = -(-n // blocks)
+    divisors = [b for b in range(1, min(n, block_size) + 1) if n % b == 0]
+    if n <= block_size or 2 * divisors[-1] >= block_size:
+        block = divisors[-1]
+    else:
+        block = -(-n // -(-n // block_size))
+    blocks = -(-n // block)
     padded = np.zeros((rows.shape[0], blocks * block))
     padded[:, :n] = rows
     return padded.reshape(rows.shape[0], blocks, block), n
 
 
 @pytest.mark.parametrize("signed, power", [(True, 2), (False, 2), (False, 4)])
-@pytest.mark.parametrize("shape, block_size", [((37, 53), 7), ((37, 53), 256), ((5, 3, 8), 16)])
+@pytest.mark.parametrize("shape, block_size", [((37, 53), 7), ((37, 53), 256), ((5, 3, 8), 16), ((3, 1009), 256)])
 def test_round_trip_error_within_half_a_grid_step(shape, block_size, signed, power):
     rng = np.random.default_rng(0)
     x = rng.normal(size=shape) * 10.0 ** rng.uniform(-4, 4, size=shape)
@@ -82,7 +87,8 @@ def test_zero_subnormal_and_tiny_blocks_decode_without_nan():
 def test_layout_keeps_leading_axes_and_bytes_stay_at_most_2_1_per_parameter():
     assert block_layout((768, 3072), 256) == (1, 12, 256)  # last axis cut into 12 blocks
     assert block_layout((1024, 1000), 256) == (1, 4, 250)
-    assert block_layout((64, 10), 256) == (2, 3, 214)  # short last axis: merged with the first
+    assert block_layout((64, 10), 256) == (2, 4, 160)  # short last axis: merged with the first
+    assert block_layout((3, 1009), 256) == (1, 4, 253)  # 1009 is prime: 3 runs of 253, one of 250
     assert block_layout((), 256) == (0, 1, 1)
     params = models.mlp(64, 10).init(jax.random.PRNGKey(0))
     n = sum(x.size for x in jax.tree.leaves(params))
