@@ -27,8 +27,8 @@ on one number per block, gives the new scales; the only reduction over the param
 **Rounding.** Codes are rounded stochastically, unbiased in the stored value (not the code): a
 moving average with ``b2 = 0.999`` changes by 0.1% a step, far less than the code spacing, and
 rounded to nearest it would never move (``test_stochastic_rounding_lets_a_slow_average_move``).
-The random bits are a hash of the step count and the element's position, so runs and resumes are
-reproducible. A positive second moment is never rounded to 0, so ``m / (sqrt(v) + eps)`` cannot
+The random numbers come from the step count and the element's position (an R2 sequence), so runs
+and resumes are reproducible. A positive second moment is never rounded to 0, so ``m / (sqrt(v) + eps)`` cannot
 blow up because of the storage.
 """
 
@@ -205,15 +205,17 @@ def _decode_unit(c: jax.Array, q: float, power: int) -> jax.Array:
     return y * y if power == 4 else y
 
 
-def _hash_uniform(shape: tuple[int, ...], salt: jax.Array) -> jax.Array:
-    """Uniform numbers in [0, 1) from (element index, salt): a cheap integer hash, reproducible
-    (bit-identical resume) and needing no PRNG key in the state."""
-    x = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
-    x = x * jnp.uint32(0x9E3779B9) + salt.astype(jnp.uint32)
-    for shift, mult in ((16, 0x7FEB352D), (15, 0x846CA68B)):
-        x = (x ^ (x >> shift)) * jnp.uint32(mult)
-    x = x ^ (x >> 16)
-    return (x >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
+def _dither(shape: tuple[int, ...], salt: jax.Array) -> jax.Array:
+    """Numbers in [0, 1) for stochastic rounding, from (element index, salt): the fractional part
+    of ``index * phi + salt * psi`` in 32-bit fixed point (the R2 sequence; phi and psi are the
+    fractions of the golden and plastic ratios). Over the steps each element's numbers are
+    equidistributed, which is what makes the rounding unbiased on average. They cost three
+    integer operations per element (int32, wrapping: a uint32 to float conversion is slow on
+    CPU) and need no PRNG key in the state, so resumes are bit-identical."""
+    i = jax.lax.iota(jnp.int32, math.prod(shape)).reshape(shape)
+    phi, psi = np.int32(0x9E3779B9 - (1 << 32)), np.int32(0xC13FA9A9 - (1 << 32))
+    x = i * phi + salt.astype(jnp.int32) * psi
+    return (x >> 8).astype(jnp.float32) * (1.0 / (1 << 24)) + 0.5  # top 24 bits, as [0, 1)
 
 
 def _encode(
@@ -242,9 +244,8 @@ def _encode(
         y = jnp.sqrt(y)
     lo = jnp.minimum(jnp.floor(y * q), q - 1.0)  # r = 1 lies between q - 1 and q
     low, high = _decode_unit(lo, q, power), _decode_unit(lo + 1.0, q, power)
-    up = (r - low) / (high - low)
-    threshold = 0.5 if salt is None else _hash_uniform(tuple(x.shape), salt)
-    c = lo + (up > threshold).astype(jnp.float32)
+    threshold = 0.5 if salt is None else _dither(tuple(x.shape), salt)
+    c = lo + (r - low > threshold * (high - low)).astype(jnp.float32)  # up w.p. (r-low)/(high-low)
     if not signed:  # a positive second moment never becomes 0
         c = jnp.maximum(c, (r > 0).astype(jnp.float32))
     if signed:
@@ -275,7 +276,7 @@ def quantize(
       block_size: the most elements per block (>= 1).
       signed: ``int8`` codes for values of either sign; ``uint8`` for non-negative values.
       power: companding exponent, 2 or 4 (see the module docstring).
-      salt: an integer scalar: round stochastically (unbiased) with bits hashed from it; without
+      salt: an integer scalar: round stochastically (unbiased), with numbers drawn from it; without
         it round to the nearest stored value.
     """
     scales = jnp.minimum(_block_max(x, block_size), _SCALE_MAX)
@@ -399,7 +400,7 @@ def quantized_moments(
         def encode(new: jax.Array, signed: bool, power: int, where: tuple) -> QuantizedMoment:
             bound, count, salt = where
             scales = jnp.minimum(bound.astype(jnp.float32), _SCALE_MAX)
-            seed = count.astype(jnp.uint32) * jnp.uint32(0x27D4EB2F) + jnp.uint32(salt)
+            seed = count + jnp.int32(salt * 0x01000193 % (1 << 31))
             codes = _encode(
                 new, scales, signed=signed, power=power, block_size=block_size, salt=seed
             )

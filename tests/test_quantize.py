@@ -48,18 +48,20 @@ def _numpy_blocks(x: np.ndarray, block_size: int) -> tuple[np.ndarray, int]:
 
 
 @pytest.mark.parametrize("signed, power", [(True, 2), (False, 2), (False, 4)])
-@pytest.mark.parametrize("shape, block_size", [((37, 53), 7), ((37, 53), 256), ((5, 3, 8), 16), ((3, 1009), 256)])
+@pytest.mark.parametrize(
+    "shape, block_size", [((37, 53), 7), ((37, 53), 256), ((5, 3, 8), 16), ((3, 1009), 256)]
+)
 def test_round_trip_error_within_half_a_grid_step(shape, block_size, signed, power):
     rng = np.random.default_rng(0)
     x = rng.normal(size=shape) * 10.0 ** rng.uniform(-4, 4, size=shape)
     if not signed:
         x = np.abs(x) ** (power / 2)  # second moments: non-negative, squared magnitudes
-    x[3] = 0.0
+    x[1] = 0.0
     q = quantize(jnp.asarray(x, jnp.float32), block_size, signed=signed, power=power)
     back = np.asarray(dequantize(q), np.float64)
     assert back.shape == x.shape and q.codes.shape == x.shape
     assert q.codes.dtype == (jnp.int8 if signed else jnp.uint8)
-    np.testing.assert_array_equal(back[3], 0.0)
+    np.testing.assert_array_equal(back[1], 0.0)
     # The grid: scale * (c/Q)^power for integer codes c, scale = the block's max |x|.
     levels = 127.0 if signed else 255.0
     blocks, _ = _numpy_blocks(np.abs(x), block_size)
@@ -223,7 +225,7 @@ def test_tiny_and_huge_gradients_keep_the_state_finite(dtype, spike):
     assert np.all(np.isfinite(ours))
     chex_finite(state)
     others = [0, 2, 3]
-    tol = 0.01 if dtype == jnp.float32 else 0.05
+    tol = 0.02 if dtype == jnp.float32 else 0.05  # 40 steps of 0.01: 5% of the largest travel
     assert np.max(np.abs(ours - ref)[:, others]) <= tol
     steps = np.abs(np.diff(ours, axis=0)) / lr
     bound = (1 - 0.9) / np.sqrt(1 - 0.999)  # Section 2.1, the sparse case
