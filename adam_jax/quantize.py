@@ -205,6 +205,12 @@ def _decode_unit(c: jax.Array, q: float, power: int) -> jax.Array:
     return y * y if power == 4 else y
 
 
+def _wrap_int32(value: int) -> np.int32:
+    """``value`` modulo 2^32 as a (two's complement) int32: integer arithmetic that wraps."""
+    value %= 1 << 32
+    return np.int32(value - (1 << 32) if value >= 1 << 31 else value)
+
+
 def _dither(shape: tuple[int, ...], salt: jax.Array) -> jax.Array:
     """Numbers in [0, 1) for stochastic rounding, from (element index, salt): the fractional part
     of ``index * phi + salt * psi`` in 32-bit fixed point (the R2 sequence; phi and psi are the
@@ -212,9 +218,13 @@ def _dither(shape: tuple[int, ...], salt: jax.Array) -> jax.Array:
     equidistributed, which is what makes the rounding unbiased on average. They cost three
     integer operations per element (int32, wrapping: a uint32 to float conversion is slow on
     CPU) and need no PRNG key in the state, so resumes are bit-identical."""
-    i = jax.lax.iota(jnp.int32, math.prod(shape)).reshape(shape)
-    phi, psi = np.int32(0x9E3779B9 - (1 << 32)), np.int32(0xC13FA9A9 - (1 << 32))
-    x = i * phi + salt.astype(jnp.int32) * psi
+    phi, psi = 0x9E3779B9, 0xC13FA9A9
+    x = salt.astype(jnp.int32) * _wrap_int32(psi)
+    stride = 1
+    for axis in reversed(range(len(shape))):  # index * phi = sum_d index_d * (stride_d * phi)
+        i = jax.lax.broadcasted_iota(jnp.int32, shape, axis)
+        x = x + i * _wrap_int32(stride * phi)
+        stride *= shape[axis]
     return (x >> 8).astype(jnp.float32) * (1.0 / (1 << 24)) + 0.5  # top 24 bits, as [0, 1)
 
 
