@@ -13,8 +13,10 @@ precision: ``power = 2`` for ``m`` and ``u`` (which scale like ``|g|``) and ``po
 (which scales like ``g^2``; it is ``sqrt(v)`` that is stored with ``power = 2``).
 
 **One pass per step.** The update (``quantized_moments``) decodes the stored moments, runs the
-wrapped transformation on them, and encodes the new moments, all as one elementwise computation
-that XLA fuses: no float32 copy of the moments outlives the step. The Adam/AdaMax math is the
+wrapped transformation on them, and encodes the new moments, all elementwise, so XLA fuses decode,
+update and encode into the kernels that write the codes and the updates: no float32 copy of the
+moments is written to memory (XLA:CPU gives each output its own kernel, which recomputes the
+decode and the update). The Adam/AdaMax math is the
 wrapped transformation's own (``transforms.py``, on ``_tree.py``), unchanged. What an 8-bit format
 needs on top is each block's new scale, and computing the new block maxima would be a second
 reduction over the updated moments. It is not needed: every moment update is monotone in the
@@ -26,10 +28,14 @@ on one number per block, gives the new scales; the only reduction over the param
 
 **Rounding.** Codes are rounded stochastically, unbiased in the stored value (not the code): a
 moving average with ``b2 = 0.999`` changes by 0.1% a step, far less than the code spacing, and
-rounded to nearest it would never move (``test_stochastic_rounding_lets_a_slow_average_move``).
-The random numbers come from the step count and the element's position (an R2 sequence), so runs
-and resumes are reproducible. A positive second moment is never rounded to 0, so ``m / (sqrt(v) + eps)`` cannot
+rounded to nearest it would never move (see
+``test_stochastic_rounding_is_unbiased_and_lets_a_slow_average_move``). The random numbers come
+from the step count and the element's position (an R2 sequence), so runs and resumes are
+reproducible. A positive second moment is never rounded to 0, so ``m / (sqrt(v) + eps)`` cannot
 blow up because of the storage.
+
+**Scales** saturate at 2^126: a gradient whose square overflows float32 leaves a finite state,
+and the inverse of every scale is still a normal float32 (a subnormal one is flushed to 0 on CPU).
 """
 
 from __future__ import annotations

@@ -122,6 +122,10 @@ def test_state_is_partitioned_like_the_parameters(name, axis_type):
 CHECKPOINTED = {
     **OPTIMIZERS,
     "masked-adam": lambda: optax.masked(adam_jax.adam(1e-2), {k: k != "r" for k in SHAPES}),
+    "partition-8bit": lambda: optax.partition(
+        {"8bit": adam_jax.quantized_moments(adam_jax.adam(1e-2)), "frozen": optax.set_to_zero()},
+        {k: "frozen" if k == "r" else "8bit" for k in SHAPES},
+    ),
     "masked-8bit": lambda: optax.masked(
         adam_jax.quantized_moments(adam_jax.adam(1e-2)), {k: k != "b" for k in SHAPES}
     ),
