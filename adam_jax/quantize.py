@@ -204,13 +204,6 @@ def _levels(codes_dtype: np.dtype) -> float:
     return float(jnp.iinfo(codes_dtype).max)
 
 
-def _decode_unit(c: jax.Array, q: float, power: int) -> jax.Array:
-    """(c / q) ** power for integer-valued float32 ``c >= 0``: the stored value over its scale."""
-    y = c * (1.0 / q)
-    y = y * y
-    return y * y if power == 4 else y
-
-
 def _wrap_int32(value: int) -> np.int32:
     """``value`` modulo 2^32 as a (two's complement) int32: integer arithmetic that wraps."""
     value %= 1 << 32
@@ -251,29 +244,34 @@ def _encode(
     saturate at the largest code.
     """
     codes_dtype = np.dtype(np.int8 if signed else np.uint8)
-    q = _levels(codes_dtype)
+    top = _levels(codes_dtype) ** power  # the largest code's c^power
+    # In code units: s = top * |x| / scale in [0, top], and code c stands for c^power.
     inv = jnp.where(scales >= _F32_TINY, 1.0 / jnp.maximum(scales, _F32_TINY), 0.0)
-    r = jnp.abs(x.astype(jnp.float32)) * _per_element(inv, x, block_size)
-    r = jnp.where(r < 1.0, r, 1.0)  # saturate (and map NaN to the top: it is not silently 0)
-    y = jnp.sqrt(r)
+    s = jnp.abs(x.astype(jnp.float32)) * _per_element(inv, x, block_size) * top
+    s = jnp.where(s < top, s, top)  # saturate (and map NaN to the top: it is not silently 0)
+    y = jnp.sqrt(s)
     if power == 4:
         y = jnp.sqrt(y)
-    lo = jnp.minimum(jnp.floor(y * q), q - 1.0)  # r = 1 lies between q - 1 and q
-    low, high = _decode_unit(lo, q, power), _decode_unit(lo + 1.0, q, power)
+    lo = jnp.minimum(jnp.floor(y), _levels(codes_dtype) - 1.0)  # s = top: between q - 1 and q
+    low, high = _power(lo, power), _power(lo + 1.0, power)
     threshold = 0.5 if salt is None else _dither(tuple(x.shape), salt)
-    c = lo + (r - low > threshold * (high - low)).astype(jnp.float32)  # up w.p. (r-low)/(high-low)
+    c = lo + (s - low > threshold * (high - low)).astype(jnp.float32)  # up w.p. (s-low)/(high-low)
     if not signed:  # a positive second moment never becomes 0
-        c = jnp.maximum(c, (r > 0).astype(jnp.float32))
+        c = jnp.maximum(c, (s > 0).astype(jnp.float32))
     if signed:
-        c = jnp.where(x < 0, -c, c)
+        c = jnp.copysign(c, x.astype(jnp.float32))
     return c.astype(codes_dtype)
 
 
+def _power(c: jax.Array, power: int) -> jax.Array:
+    """c ** power for power 2 or 4, by squaring."""
+    c2 = c * c
+    return c2 * c2 if power == 4 else c2
+
+
 def _decode(codes: jax.Array, scales: jax.Array, power: int, block_size: int) -> jax.Array:
-    q = _levels(codes.dtype)
-    c = codes.astype(jnp.float32)
-    unit = _decode_unit(jnp.abs(c), q, power)
-    unit = jnp.where(c < 0, -unit, unit)
+    c = codes.astype(jnp.float32) * (1.0 / _levels(codes.dtype))  # in [-1, 1]
+    unit = c * jnp.abs(c) if power == 2 else _power(c, power)  # power 4 codes are unsigned
     return unit * _per_element(scales, codes, block_size)
 
 
