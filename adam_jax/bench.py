@@ -288,8 +288,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--8bit",
         dest="eight_bit",
         action="store_true",
-        help="only compare 8-bit moments with float32 (--params in one array, a GPT-2 block, "
-        "compile time at --leaves leaves, default 200)",
+        help="only compare 8-bit moments with float32: --params in one array (4M unless given), "
+        "a GPT-2-small block, and compile time at --leaves leaves (default 200)",
     )
 
 
