@@ -217,6 +217,65 @@ def format_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+# A GPT-2-small transformer block (d = 768): attention in/out, MLP in/out, layer norms, biases.
+GPT2_BLOCK = [(768, 2304), (2304,), (768, 768), (768,), (768, 3072), (3072,), (3072, 768)] + [
+    (768,)
+] * 5
+
+
+def bench_8bit(n_params: int, rounds: int, inner: int, leaves: int = 200) -> list[str]:
+    """8-bit moments (``quantized_moments``) against float32 adam_jax, side by side.
+
+    Step time at ``n_params`` in one flat array and at GPT-2-small block shapes (one block, 7.1M),
+    interleaved round by round (median over rounds), and compile time of the jitted step at
+    ``leaves`` leaves of the "transformer" case. Returns the lines of a table of ratios.
+    """
+    lines = [
+        "| case | float32 ms | 8-bit ms | 8-bit / float32 | float32 B/param | 8-bit B/param |",
+        "|---|---|---|---|---|---|",
+    ]
+    for case, shapes in [
+        (f"{n_params / 2**20:.0f}M flat", [(n_params,)]),
+        ("GPT-2 block", GPT2_BLOCK),
+    ]:
+        params = _params(shapes, "float32")
+        grads = _params(shapes, "float32", seed=1)
+        n = sum(x.size for x in jax.tree.leaves(params))
+        contenders = {
+            "f32": _jax_contender(adam_jax.adam(1e-3), params, grads),
+            "8bit": _jax_contender(quantized_moments(adam_jax.adam(1e-3)), params, grads),
+        }
+        times: dict[str, list[float]] = {k: [] for k in contenders}
+        for run, _, _ in contenders.values():  # warm-up
+            run()
+        for _ in range(rounds):
+            for name, (run, _, _) in contenders.items():
+                start = time.perf_counter()
+                for _ in range(inner):
+                    run()
+                times[name].append((time.perf_counter() - start) / inner)
+        ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        lines.append(
+            f"| {case} ({n / 1e6:.1f}M) | {ms['f32']:.2f} | {ms['8bit']:.2f} | "
+            f"{ms['8bit'] / ms['f32']:.2f} | {contenders['f32'][2] / n:.2f} | "
+            f"{contenders['8bit'][2] / n:.3f} |"
+        )
+        del contenders
+    shapes = _transformer_shapes(16 * 2**20)[:leaves]
+    params, grads = _params(shapes, "float32"), _params(shapes, "float32", seed=1)
+    compile_s = {}
+    for name, tx in [
+        ("f32", adam_jax.adam(1e-3)),
+        ("8bit", quantized_moments(adam_jax.adam(1e-3))),
+    ]:
+        compile_s[name] = _jax_contender(tx, params, grads)[1]
+    lines.append(
+        f"| compile, {len(shapes)} leaves (s) | {compile_s['f32']:.1f} | {compile_s['8bit']:.1f} | "
+        f"{compile_s['8bit'] / compile_s['f32']:.2f} | | |"
+    )
+    return lines
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=int, default=16 * 2**20, help="parameters per case")
     parser.add_argument("--leaves", type=int, default=None, help="leaves for the many-leaves case")
@@ -225,12 +284,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (median)")
     parser.add_argument("--inner", type=int, default=5, help="steps per round")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--8bit",
+        dest="eight_bit",
+        action="store_true",
+        help="only compare 8-bit moments with float32: --params in one array (4M unless given), "
+        "a GPT-2-small block, and compile time at --leaves leaves (default 200)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     print(
         f"adam-jax bench on {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}"
     )
+    if getattr(args, "eight_bit", False):
+        n = args.params if args.params != 16 * 2**20 else 4 * 2**20
+        print("\n".join(bench_8bit(n, args.rounds, args.inner, args.leaves or 200)), flush=True)
+        return 0
     rows: list[Row] = []
     for case in args.cases:
         n = args.params

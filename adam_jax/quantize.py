@@ -1,209 +1,468 @@
-"""Block-wise 8-bit storage of Adam and AdaMax moments (state of about 2 bytes per parameter).
+"""Block-wise 8-bit storage of Adam and AdaMax moments: about 2 bytes of state per parameter.
 
-In the spirit of Dettmers et al. (2021), "8-bit optimizers via block-wise quantization": each
-moment is cut into blocks of ``block_size`` elements; a block is stored as float8 values and one
-float32 scale (the block's largest magnitude). The update itself is unchanged: the wrapped
-transformation sees float32 moments, dequantized on entry and quantized again on exit, inside the
-same compiled step, so the Adam math stays in one place (``transforms.py``).
+In the spirit of Dettmers et al. (2021), "8-bit optimizers via block-wise quantization". Each
+moment is stored as one 8-bit code per parameter, *in the parameter's own shape* (so the codes are
+sharded exactly like the parameter), plus one float32 scale per block. Blocks run along the last
+axis of the parameter (the last axes merged when the last one is shorter than a block), so the
+leading axes, and the last one when a shard holds whole blocks, keep the parameter's sharding.
 
-First moments (and AdaMax's ``u_t``) scale like ``|g|`` and are stored linearly. Adam's second
-moments scale like ``g^2``, twice the dynamic range in log terms, so they are stored as
-``sqrt(v)`` (companded): then a second moment underflows to 0 only where the first moment does
-too, and ``m/(sqrt(v) + eps)`` cannot blow up because of the storage.
+A stored value is ``scale * (code / Q) ** power``: ``scale`` bounds the magnitude of every value in
+its block, ``Q`` is 127 (signed ``int8``, the first moment) or 255 (``uint8``, second moments and
+AdaMax's infinity norm), and the power compands the codes so that small values keep relative
+precision: ``power = 2`` for ``m`` and ``u`` (which scale like ``|g|``) and ``power = 4`` for ``v``
+(which scales like ``g^2``; it is ``sqrt(v)`` that is stored with ``power = 2``).
 
-Values are rounded stochastically (unbiased), with random bits hashed from the step count and the
-element's position: a moving average with decay 0.999 changes by 0.1% a step, far less than the
-float8 spacing, so rounded to nearest it would never move.
+**One pass per step.** The update (``quantized_moments``) decodes the stored moments, runs the
+wrapped transformation on them, and encodes the new moments, all elementwise, so XLA fuses decode,
+update and encode into the kernels that write the codes and the updates: no float32 copy of the
+moments is written to memory (XLA:CPU gives each output its own kernel, which recomputes the
+decode and the update). The Adam/AdaMax math is the
+wrapped transformation's own (``transforms.py``, on ``_tree.py``), unchanged. What an 8-bit format
+needs on top is each block's new scale, and computing the new block maxima would be a second
+reduction over the updated moments. It is not needed: every moment update is monotone in the
+magnitudes of its inputs (``|b1 m + (1-b1) g| <= b1 |m| + (1-b1) |g|``, ``v``, ``u = max(b2 u,
+|g|)``, the AMSGrad maximum), so the same transformation applied to the blocks' old scales and
+their largest gradient magnitude ``max|g|`` bounds every new value of the block. That small update,
+on one number per block, gives the new scales; the only reduction over the parameters is
+``max|g|``.
+
+**Rounding.** Codes are rounded stochastically, unbiased in the stored value (not the code): a
+moving average with ``b2 = 0.999`` changes by 0.1% a step, far less than the code spacing, and
+rounded to nearest it would never move (see
+``test_stochastic_rounding_is_unbiased_and_lets_a_slow_average_move``). The random numbers come
+from the step count and the element's position (an R2 sequence), so runs and resumes are
+reproducible. A positive second moment is never rounded to 0, so ``m / (sqrt(v) + eps)`` cannot
+blow up because of the storage.
+
+**Scales** saturate at 2^126: a gradient whose square overflows float32 leaves a finite state,
+and the inverse of every scale is still a normal float32 (a subnormal one is flushed to 0 on CPU).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import operator
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-from jax.typing import DTypeLike
+from jax.sharding import AxisType, PartitionSpec
 
+from adam_jax import _tree
 from adam_jax.transforms import ScaleByAdamaxState, ScaleByAdamState
 
+PyTree = Any
 
-@jax.tree_util.register_pytree_node_class
-class BlockQuantized:
-    """An array stored as ``values`` (float8, shape (blocks, block)) times per-block ``scales``."""
-
-    def __init__(self, values: jax.Array, scales: jax.Array, shape, dtype, companded: bool):
-        self.values = values
-        self.scales = scales
-        self.shape = tuple(shape)
-        self.dtype = jnp.dtype(dtype)
-        self.companded = companded
-
-    def tree_flatten(self):
-        return (self.values, self.scales), (self.shape, self.dtype, self.companded)
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        return cls(*children, *aux)
-
-    @property
-    def nbytes(self) -> int:
-        return self.values.size * self.values.dtype.itemsize + self.scales.size * 4
+_F32_TINY = float(np.finfo(np.float32).tiny)  # below it a scale is treated as 0 (subnormal)
+# Scales saturate at 2^126, whose inverse 2^-126 is still a normal float32: a larger scale would
+# have a subnormal inverse, flushed to 0 on CPU, and its whole block would decode as 0.
+_SCALE_MAX = 2.0**126
 
 
-def _hash_bits(n: int, seed: jax.Array) -> jax.Array:
-    """n pseudo-random uint32 words from (element index, seed): a cheap integer hash, so the
-    rounding is reproducible (bit-identical resume) and needs no PRNG key in the state."""
-    x = jax.lax.iota(jnp.uint32, n) * jnp.uint32(0x9E3779B9) + seed.astype(jnp.uint32)
-    for shift, mult in ((16, 0x7FEB352D), (15, 0x846CA68B)):
-        x = (x ^ (x >> shift)) * jnp.uint32(mult)
-    return x ^ (x >> 16)
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["codes", "scales"],
+    meta_fields=["dtype", "block_size", "power"],
+)
+@dataclasses.dataclass(frozen=True, repr=False)
+class QuantizedMoment:
+    """One moment of one parameter, stored as ``scales * (codes / Q) ** power`` block by block.
+
+    Attributes:
+      codes: ``int8`` (signed values, Q = 127) or ``uint8`` (non-negative values, Q = 255), in the
+        parameter's shape.
+      scales: ``float32``, one per block: an upper bound of ``|value|`` over the block. Shape: the
+        parameter's leading axes, then the number of blocks (see :func:`block_layout`).
+      dtype: the dtype of the moment the codes stand for (what :func:`dequantize` returns).
+      block_size: the most elements a block holds.
+      power: the companding exponent (2: ``|g|``-like values, 4: ``g^2``-like values).
+    """
+
+    codes: Any
+    scales: Any
+    dtype: np.dtype
+    block_size: int
+    power: int
+
+    def __repr__(self) -> str:
+        def show(x: Any) -> str:
+            if hasattr(x, "shape") and hasattr(x, "dtype"):
+                return f"{jnp.dtype(x.dtype).name}{list(x.shape)}"
+            return repr(x)
+
+        return (
+            f"QuantizedMoment(codes={show(self.codes)}, scales={show(self.scales)}, "
+            f"dtype={jnp.dtype(self.dtype).name}, block_size={self.block_size}, "
+            f"power={self.power})"
+        )
 
 
-def _round_stochastically(y: jax.Array, dtype: jnp.dtype, seed: jax.Array) -> jax.Array:
-    """Round float32 ``y`` to the mantissa width of ``dtype`` up or down at random, with the
-    probability that makes the result unbiased (E[round(y)] = y). An exponential moving average
-    with decay 0.999 changes by 0.1% a step, far below float8's 6-12% spacing: rounded to nearest
-    it would never move; rounded stochastically it moves by the right amount on average."""
-    drop = 23 - jnp.finfo(dtype).nmant  # float32 mantissa bits float8 cannot keep
-    mask = jnp.uint32((1 << drop) - 1)
-    bits = jax.lax.bitcast_convert_type(y, jnp.uint32)
-    noise = _hash_bits(y.size, seed).reshape(y.shape) & mask
-    bits = (bits + noise) & ~mask  # add below the kept bits, then truncate the magnitude
-    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+def block_layout(shape: tuple[int, ...], block_size: int) -> tuple[int, int, int]:
+    """``(k, blocks, block)``: how an array of ``shape`` is cut into blocks.
+
+    The last ``k`` axes (the fewest whose product reaches ``block_size``; usually ``k = 1``) are
+    read in row-major order and cut into ``blocks`` runs of ``block`` elements: the largest
+    divisor of their size up to ``block_size`` when it is at least half of it, else equal runs
+    with a shorter last one. The leading axes ``shape[:-k]`` are kept, so the scales have shape
+    ``shape[:-k] + (blocks,)``.
+    """
+    k = 1 if shape else 0
+    while k < len(shape) and math.prod(shape[-k:]) < block_size:
+        k += 1
+    n = math.prod(shape[len(shape) - k :])
+    if n <= block_size:
+        return k, 1, max(1, n)
+    divisor = next(b for b in range(block_size, 0, -1) if n % b == 0)
+    if 2 * divisor >= block_size:
+        return k, n // divisor, divisor
+    blocks = -(-n // block_size)
+    return k, blocks, -(-n // blocks)
+
+
+def _scales_shape(shape: tuple[int, ...], block_size: int) -> tuple[int, ...]:
+    k, blocks, _ = block_layout(shape, block_size)
+    return (*shape[: len(shape) - k], blocks)
+
+
+def block_axis_partition(spec: tuple, mesh_shape: Any, shape: tuple, block_size: int) -> Any:
+    """The mesh axes the block axis of the scales is partitioned over, or ``None``.
+
+    ``spec`` is the parameter's partition spec, one entry per axis. The block axis runs along the
+    merged last axes; it keeps the partition of the first of them when the others are not
+    partitioned and every shard holds whole blocks (as for a last axis of 1024 in blocks of 256
+    over 2 devices), else the blocks are not partitioned.
+    """
+    k, blocks, block = block_layout(shape, block_size)
+    merged = tuple(spec[len(shape) - k :])
+    axis = merged[0] if merged else None
+    if axis is None or any(m is not None for m in merged[1:]):
+        return None
+    names = axis if isinstance(axis, tuple) else (axis,)
+    whole = blocks * block == math.prod(shape[len(shape) - k :])
+    return axis if whole and blocks % math.prod(mesh_shape[n] for n in names) == 0 else None
+
+
+def _explicit_spec(x: jax.Array) -> tuple | None:
+    """``x``'s partition spec (one entry per axis) when it is sharded over Explicit mesh axes."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or not any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ())):
+        return None
+    spec = tuple(sharding.spec)
+    return spec + (None,) * (x.ndim - len(spec))
+
+
+def _blockable(x: jax.Array, block_size: int) -> jax.Array:
+    """``x``, with the merged last axes unpartitioned on an Explicit mesh where the block axis
+    cannot carry their partition (so that the reshapes into blocks are defined)."""
+    spec = _explicit_spec(x)
+    if spec is None:
+        return x
+    shape = tuple(x.shape)
+    k = block_layout(shape, block_size)[0]
+    if block_axis_partition(spec, jax.typeof(x).sharding.mesh.shape, shape, block_size):
+        return x
+    if all(s is None for s in spec[len(shape) - k :]):
+        return x
+    return jax.sharding.reshard(x, PartitionSpec(*spec[: len(shape) - k]))
+
+
+def _block_max(x: jax.Array, block_size: int) -> jax.Array:
+    """max |x| over each block, shape ``_scales_shape(x.shape)``, in float32."""
+    shape = tuple(x.shape)
+    k, blocks, block = block_layout(shape, block_size)
+    lead = shape[: len(shape) - k]
+    flat = jnp.abs(_blockable(x, block_size).astype(jnp.float32)).reshape(*lead, -1)
+    pad = blocks * block - flat.shape[-1]
+    if pad:
+        flat = jnp.pad(flat, [(0, 0)] * len(lead) + [(0, pad)])
+    return jnp.max(flat.reshape(*lead, blocks, block), axis=-1)
+
+
+def _per_element(per_block: jax.Array, like: jax.Array, block_size: int) -> jax.Array:
+    """Spread one value per block over the block's elements, shaped (and on an Explicit mesh
+    sharded) like ``like``; fuses in XLA."""
+    shape = tuple(like.shape)
+    k, blocks, block = block_layout(shape, block_size)
+    lead = shape[: len(shape) - k]
+    x = jnp.broadcast_to(per_block[..., None], (*lead, blocks, block)).reshape(*lead, -1)
+    n = math.prod(shape[len(shape) - k :])
+    if blocks * block != n:
+        x = x[..., :n]
+    x = x.reshape(shape)
+    spec = _explicit_spec(like)
+    if spec is not None and _explicit_spec(x) != spec:
+        x = jax.sharding.reshard(x, PartitionSpec(*spec))
+    return x
+
+
+def _levels(codes_dtype: np.dtype) -> float:
+    return float(jnp.iinfo(codes_dtype).max)
+
+
+def _wrap_int32(value: int) -> np.int32:
+    """``value`` modulo 2^32 as a (two's complement) int32: integer arithmetic that wraps."""
+    value %= 1 << 32
+    return np.int32(value - (1 << 32) if value >= 1 << 31 else value)
+
+
+def _dither(shape: tuple[int, ...], salt: jax.Array) -> jax.Array:
+    """Numbers in [0, 1) for stochastic rounding, from (element index, salt): the fractional part
+    of ``index * phi + salt * psi`` in 32-bit fixed point (the R2 sequence; phi and psi are the
+    fractions of the golden and plastic ratios). Over the steps each element's numbers are
+    equidistributed, which is what makes the rounding unbiased on average. They cost three
+    integer operations per element (int32, wrapping: a uint32 to float conversion is slow on
+    CPU) and need no PRNG key in the state, so resumes are bit-identical."""
+    phi, psi = 0x9E3779B9, 0xC13FA9A9
+    x = salt.astype(jnp.int32) * _wrap_int32(psi)
+    stride = 1
+    for axis in reversed(range(len(shape))):  # index * phi = sum_d index_d * (stride_d * phi)
+        i = jax.lax.broadcasted_iota(jnp.int32, shape, axis)
+        x = x + i * _wrap_int32(stride * phi)
+        stride *= shape[axis]
+    return (x >> 8).astype(jnp.float32) * (1.0 / (1 << 24)) + 0.5  # top 24 bits, as [0, 1)
+
+
+def _encode(
+    x: jax.Array,
+    scales: jax.Array,
+    *,
+    signed: bool,
+    power: int,
+    block_size: int,
+    salt: jax.Array | None,
+) -> jax.Array:
+    """Codes of ``x`` against per-block ``scales`` (bounds of |x|), rounded unbiasedly.
+
+    With ``salt`` the rounding is stochastic and unbiased in the decoded value: between the two
+    neighbouring codes, up with probability (value - lower) / (upper - lower). Without it, to the
+    nearer decoded value. Values beyond the scale (there are none when the scale is a bound)
+    saturate at the largest code.
+    """
+    codes_dtype = np.dtype(np.int8 if signed else np.uint8)
+    top = _levels(codes_dtype) ** power  # the largest code's c^power
+    # In code units: s = top * |x| / scale in [0, top], and code c stands for c^power.
+    inv = jnp.where(scales >= _F32_TINY, 1.0 / jnp.maximum(scales, _F32_TINY), 0.0)
+    s = jnp.abs(x.astype(jnp.float32)) * _per_element(inv, x, block_size) * top
+    s = jnp.where(s < top, s, top)  # saturate (and map NaN to the top: it is not silently 0)
+    y = jnp.sqrt(s)
+    if power == 4:
+        y = jnp.sqrt(y)
+    lo = jnp.minimum(jnp.floor(y), _levels(codes_dtype) - 1.0)  # s = top: between q - 1 and q
+    low, high = _power(lo, power), _power(lo + 1.0, power)
+    threshold = 0.5 if salt is None else _dither(tuple(x.shape), salt)
+    c = lo + (s - low > threshold * (high - low)).astype(jnp.float32)  # up w.p. (s-low)/(high-low)
+    if not signed:  # a positive second moment never becomes 0
+        c = jnp.maximum(c, (s > 0).astype(jnp.float32))
+    if signed:
+        c = jnp.copysign(c, x.astype(jnp.float32))
+    return c.astype(codes_dtype)
+
+
+def _power(c: jax.Array, power: int) -> jax.Array:
+    """c ** power for power 2 or 4, by squaring."""
+    c2 = c * c
+    return c2 * c2 if power == 4 else c2
+
+
+def _decode(codes: jax.Array, scales: jax.Array, power: int, block_size: int) -> jax.Array:
+    c = codes.astype(jnp.float32) * (1.0 / _levels(codes.dtype))  # in [-1, 1]
+    unit = c * jnp.abs(c) if power == 2 else _power(c, power)  # power 4 codes are unsigned
+    return unit * _per_element(scales, codes, block_size)
 
 
 def quantize(
     x: jax.Array,
     block_size: int,
-    dtype: DTypeLike,
     *,
-    companded: bool = False,
-    seed: jax.Array | None = None,
-) -> BlockQuantized:
-    """Store ``x`` in blocks of ``block_size`` float8 values with a float32 scale per block.
+    signed: bool = True,
+    power: int = 2,
+    salt: jax.Array | None = None,
+) -> QuantizedMoment:
+    """Store ``x`` as 8-bit codes with one float32 scale (the block's max |x|) per block.
 
-    With ``seed`` (an integer scalar) the values are rounded stochastically (unbiased), else to
-    nearest.
+    Args:
+      x: a real floating-point array (non-negative when ``signed=False``).
+      block_size: the most elements per block (>= 1).
+      signed: ``int8`` codes for values of either sign; ``uint8`` for non-negative values.
+      power: companding exponent, 2 or 4 (see the module docstring).
+      salt: an integer scalar: round stochastically (unbiased), with numbers drawn from it; without
+        it round to the nearest stored value.
     """
-    dtype = jnp.dtype(dtype)
-    n = x.size
-    block = max(1, min(block_size, n))
-    blocks = -(-n // block)
-    flat = jnp.pad(x.reshape(-1).astype(jnp.float32), (0, blocks * block - n))
-    y = flat.reshape(blocks, block)
-    if companded:  # sqrt companding: the stored dynamic range covers g^2's
-        y = jnp.sign(y) * jnp.sqrt(jnp.abs(y))
-    absmax = jnp.max(jnp.abs(y), axis=1)
-    top = float(jnp.finfo(dtype).max)
-    scales = jnp.where(absmax > 0, absmax / top, 1.0)
-    y = y / scales[:, None]
-    if seed is not None:
-        y = jnp.clip(_round_stochastically(y, dtype, seed), -top, top)
-    return BlockQuantized(y.astype(dtype), scales, x.shape, x.dtype, companded)
+    scales = jnp.minimum(_block_max(x, block_size), _SCALE_MAX)
+    codes = _encode(x, scales, signed=signed, power=power, block_size=block_size, salt=salt)
+    return QuantizedMoment(codes, scales, jnp.dtype(x.dtype), block_size, power)
 
 
-def dequantize(q: BlockQuantized) -> jax.Array:
-    """The float array ``q`` stands for, in its original shape and dtype."""
-    y = q.values.astype(jnp.float32) * q.scales[:, None]
-    if q.companded:
-        y = y * jnp.abs(y)
-    n = math.prod(q.shape)
-    return y.reshape(-1)[:n].reshape(q.shape).astype(q.dtype)
+def dequantize(q: QuantizedMoment) -> jax.Array:
+    """The array ``q`` stands for, in its shape and dtype."""
+    return _decode(q.codes, q.scales, q.power, q.block_size).astype(q.dtype)
 
 
 class QuantizedMomentsState(NamedTuple):
-    """State of :func:`quantized_moments`: the inner state with its moments block-quantized."""
+    """State of :func:`quantized_moments`: the inner state, its moments as QuantizedMoment."""
 
     inner_state: Any
 
 
+# Which fields of which states are moments, and how each is stored: (field, signed, power).
+_FIELDS = {
+    ScaleByAdamState: (("mu", True, 2), ("nu", False, 4), ("nu_max", False, 4)),
+    ScaleByAdamaxState: (("mu", True, 2), ("nu", False, 2)),
+}
+
+
 def _is_moment_state(x: Any) -> bool:
-    return isinstance(x, (ScaleByAdamState, ScaleByAdamaxState))
+    return isinstance(x, tuple(_FIELDS))
 
 
-def _map_moments(state: Any, on_mu, on_nu) -> Any:
-    """Apply ``on_mu(x, salt)``/``on_nu(x, salt)`` to every first/second-moment leaf of every
-    Adam/AdaMax state; ``salt`` combines the state's step count with the leaf's position."""
-    counter = iter(range(1 << 30))
+def _is_quantized(x: Any) -> bool:
+    return isinstance(x, QuantizedMoment)
 
-    def moments(tree: Any, fn, count: jax.Array) -> Any:
-        def one(x: jax.Array) -> Any:
-            return fn(x, count.astype(jnp.uint32) * jnp.uint32(0x27D4EB2F) + next(counter))
 
-        return jax.tree.map(one, tree)
-
-    def one(node: Any) -> Any:
-        if isinstance(node, ScaleByAdamState):
-            c = node.count
-            return node._replace(
-                mu=moments(node.mu, on_mu, c),
-                nu=moments(node.nu, on_nu, c),
-                nu_max=moments(node.nu_max, on_nu, c),
+def _check_params(params: PyTree) -> None:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating):
+            raise TypeError(
+                f"quantized_moments: parameter leaf {jax.tree_util.keystr(path)} is complex "
+                f"({jnp.result_type(leaf)}); 8-bit moments are for real parameters. Keep that "
+                "leaf's moments in full precision, e.g. optax.partition the complex leaves to "
+                "the plain optimizer."
             )
-        if isinstance(node, ScaleByAdamaxState):  # u_t scales like |g|: linear, as mu
-            c = node.count
-            return node._replace(mu=moments(node.mu, on_mu, c), nu=moments(node.nu, on_mu, c))
-        return node
-
-    return jax.tree.map(one, state, is_leaf=_is_moment_state)
 
 
 def quantized_moments(
-    tx: optax.GradientTransformation,
-    *,
-    block_size: int = 256,
-    dtype: DTypeLike = jnp.float8_e4m3fn,
+    tx: optax.GradientTransformation, *, block_size: int = 256
 ) -> optax.GradientTransformation:
     """Keep the moments of every Adam/AdaMax state inside ``tx`` in block-wise 8-bit storage.
 
-    ``quantized_moments(adam_jax.adam(1e-3))`` stores m and v in float8 (1 byte each) plus one
-    float32 scale per block: 2 + 8/block_size bytes per parameter (2.03 at the default 256),
-    against 8 for float32 moments. Leaves smaller than a block get a single scale. Other state
-    (step counts, schedules, averages) is kept as it is. The quantized blocks are flat, so they do
-    not follow the parameters' sharding (see :func:`adam_jax.state_sharding`).
+    ``quantized_moments(adam_jax.adam(1e-3))`` stores ``m`` and ``v`` as one byte each per
+    parameter plus one float32 scale per block: about ``2 + 8/block_size`` bytes per parameter
+    (2.03 at the default 256), against 8 for float32 moments. The codes have the parameter's shape
+    and sharding; blocks run along the last axis. Other state (step counts, schedules) is kept as
+    it is. Every ``scale_by_adam`` option (AMSGrad, Nesterov, ``eps_hat``, ``b1_decay``) and
+    ``scale_by_adamax`` work unchanged: their math runs on the decoded moments. Transformations
+    placed before the Adam rescaler in ``tx`` must not make a block's inputs larger than its
+    largest gradient magnitude would (clipping and scaling by a common factor are fine); values
+    beyond a block's bound saturate. Complex parameters are refused at ``init``.
 
     Args:
       tx: a transformation containing ``scale_by_adam``/``scale_by_adamax`` state, e.g.
         ``adam_jax.adam(...)``.
-      block_size: elements per block (>= 1); smaller blocks track local magnitudes more closely
-        at 4/block_size bytes per element per moment.
-      dtype: the 8-bit float type: ``float8_e4m3fn`` (3 mantissa bits, the default) or
-        ``float8_e5m2`` (wider range, 2 mantissa bits).
+      block_size: the most elements per block (an integer >= 1); smaller blocks track local
+        magnitudes more closely at 4/block_size bytes per element per moment.
     """
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
-        raise ValueError(f"block_size={block_size!r} is out of range: it must be an int >= 1.")
-    dtype = jnp.dtype(dtype)
-    if dtype.itemsize != 1 or not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(
-            f"dtype={dtype} is not allowed: use an 8-bit float type such as "
-            "jnp.float8_e4m3fn or jnp.float8_e5m2."
+    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+        raise TypeError(
+            f"quantized_moments: tx must be an optax.GradientTransformation, e.g. "
+            f"adam_jax.adam(1e-3); got {type(tx).__name__} {tx!r:.60}."
         )
-
-    def pack(state: Any) -> Any:
-        return _map_moments(
-            state,
-            lambda m, salt: quantize(m, block_size, dtype, seed=salt),
-            lambda v, salt: quantize(v, block_size, dtype, companded=True, seed=salt),
-        )
-
-    def unpack(state: Any) -> Any:
-        is_q = lambda x: isinstance(x, BlockQuantized)
-        return jax.tree.map(lambda x: dequantize(x) if is_q(x) else x, state, is_leaf=is_q)
+    try:
+        size = operator.index(block_size)
+    except TypeError:
+        size = None
+    if size is None or isinstance(block_size, (bool, np.bool_)) or size < 1:
+        raise ValueError(f"block_size={block_size!r} is out of range: it must be an integer >= 1.")
+    block_size = int(size)
 
     def init_fn(params: optax.Params) -> QuantizedMomentsState:
-        return QuantizedMomentsState(inner_state=pack(tx.init(params)))
+        _check_params(params)
+        inner = tx.init(params)
+        if not jax.tree.leaves(inner, is_leaf=_is_moment_state) or not any(
+            _is_moment_state(n) for n in jax.tree.leaves(inner, is_leaf=_is_moment_state)
+        ):
+            raise ValueError(
+                "quantized_moments: tx has no scale_by_adam/scale_by_adamax state to store in "
+                "8 bits; wrap adam_jax.adam/adamax (or a chain containing their rescalers)."
+            )
+
+        def empty(x: jax.Array, signed: bool, power: int) -> QuantizedMoment:
+            codes = _tree.zeros_like(x, lambda _: jnp.dtype(jnp.int8 if signed else jnp.uint8))
+            return QuantizedMoment(
+                codes, _block_max(x, block_size), jnp.dtype(x.dtype), block_size, power
+            )
+
+        return QuantizedMomentsState(_map_fields(inner, lambda x, s, p, _: empty(x, s, p)))
 
     def update_fn(
         updates: optax.Updates, state: QuantizedMomentsState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, QuantizedMomentsState]:
-        updates, inner = tx.update(updates, unpack(state.inner_state), params)
-        return updates, QuantizedMomentsState(inner_state=pack(inner))
+        stored = state.inner_state
+        decoded = jax.tree.map(
+            lambda x: dequantize(x) if _is_quantized(x) else x, stored, is_leaf=_is_quantized
+        )
+        updates_out, new_inner = tx.update(updates, decoded, params)  # the unchanged math
+
+        # The same transformation on one number per block (the old scales and max|g|) bounds
+        # every new value of the block: those bounds are the new scales.
+        reduced = lambda tree: jax.tree.map(
+            lambda x: jnp.zeros(_scales_shape(tuple(x.shape), block_size), x.dtype), tree
+        )
+        g_max = jax.tree.map(lambda g: _block_max(g, block_size).astype(g.dtype), updates)
+        bound_inner = optax.tree_utils.tree_map_params(
+            tx,
+            lambda x: x.scales if _is_quantized(x) else reduced(x),
+            stored,
+            is_leaf=_is_quantized,
+        )
+        _, bounds = tx.update(g_max, bound_inner, None if params is None else reduced(params))
+
+        def encode(new: jax.Array, signed: bool, power: int, where: tuple) -> QuantizedMoment:
+            bound, count, salt = where
+            scales = jnp.minimum(bound.astype(jnp.float32), _SCALE_MAX)
+            seed = count + jnp.int32(salt * 0x01000193 % (1 << 31))
+            codes = _encode(
+                new, scales, signed=signed, power=power, block_size=block_size, salt=seed
+            )
+            return QuantizedMoment(codes, scales, jnp.dtype(new.dtype), block_size, power)
+
+        new_stored = _map_fields(new_inner, encode, bounds)
+        return updates_out, QuantizedMomentsState(new_stored)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _map_fields(state: PyTree, fn, bounds: PyTree | None = None) -> PyTree:
+    """Replace every moment leaf ``x`` of every Adam/AdaMax state in ``state`` by
+    ``fn(x, signed, power, (bound, count, salt))``: ``bound`` is the matching leaf of ``bounds``
+    (a state of the same structure), ``count`` the state's step and ``salt`` a distinct number
+    per leaf (for the rounding bits)."""
+    salts = iter(range(1 << 30))
+    bound_nodes = (
+        None
+        if bounds is None
+        else iter(
+            n for n in jax.tree.leaves(bounds, is_leaf=_is_moment_state) if _is_moment_state(n)
+        )
+    )
+
+    def one(node: Any) -> Any:
+        if not _is_moment_state(node):
+            return node
+        bound_node = None if bound_nodes is None else next(bound_nodes)
+        changes = {}
+        for field, signed, power in _FIELDS[type(node)]:
+            tree = getattr(node, field)
+            if tree is None:
+                continue
+            bound_tree = None if bound_node is None else getattr(bound_node, field)
+
+            def leaf(x, b=None, signed=signed, power=power):
+                return fn(x, signed, power, (b, node.count, next(salts)))
+
+            if bound_tree is None:
+                changes[field] = jax.tree.map(leaf, tree)
+            else:
+                changes[field] = jax.tree.map(leaf, tree, bound_tree)
+        return node._replace(**changes)
+
+    return jax.tree.map(one, state, is_leaf=_is_moment_state)
+
+
 def state_bytes(state: Any) -> int:
-    """Bytes held by the arrays of an optimizer state (quantized blocks and scales included)."""
+    """Bytes held by the arrays of an optimizer state (8-bit codes and scales included)."""
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if hasattr(x, "dtype"))

@@ -8,11 +8,14 @@ model. :func:`state_sharding` states that layout ahead of time, without running 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
+
+from adam_jax.quantize import QuantizedMoment, block_axis_partition, block_layout
 
 PyTree = Any
 
@@ -47,11 +50,41 @@ def _replicated(shardings: list[Sharding]) -> Sharding:
     )
 
 
+def _stands_for_one_param(node: Any) -> bool:
+    """State nodes that sit where a parameter leaf sits: 8-bit moments, optax's masked leaves."""
+    return isinstance(node, (QuantizedMoment, optax.MaskedNode))
+
+
+def _scales_sharding(param: Sharding, shape: tuple[int, ...], block_size: int, fallback):
+    """Sharding of the per-block scales of a parameter of ``shape`` sharded as ``param``: the
+    parameter's leading axes keep their partition, the block axis as ``block_axis_partition``."""
+    if not isinstance(param, NamedSharding):
+        return param if param.is_fully_replicated else fallback
+    k = block_layout(shape, block_size)[0]
+    spec = tuple(param.spec) + (None,) * (len(shape) - len(tuple(param.spec)))
+    axis = block_axis_partition(spec, param.mesh.shape, shape, block_size)
+    return NamedSharding(param.mesh, PartitionSpec(*spec[: len(shape) - k], axis))
+
+
+def _like_param(node: Any, sharding: Sharding, replicated: Sharding) -> Any:
+    """The sharding(s) of the state node standing for a parameter sharded as ``sharding``."""
+    if isinstance(node, optax.MaskedNode):
+        return node
+    if isinstance(node, QuantizedMoment):  # codes have the parameter's shape
+        shape = tuple(node.codes.shape)
+        scales = _scales_sharding(sharding, shape, node.block_size, replicated)
+        return dataclasses.replace(node, codes=sharding, scales=scales)
+    return sharding
+
+
 def state_sharding(tx: optax.GradientTransformation, params: PyTree) -> PyTree:
     """The sharding of each leaf of ``tx.init(params)``, computed without allocating state.
 
     Leaves of the state that hold a copy of the parameter tree (moments ``mu``, ``nu``,
     ``nu_max``, in any ``mu_dtype``/``nu_dtype``) get the sharding of the matching parameter;
+    8-bit moments (:func:`adam_jax.quantized_moments`) too, for their codes, and their per-block
+    scales keep the parameter's leading axes' partitioning; leaves masked out by ``optax.masked``
+    or ``optax.partition`` stay masked;
     every other leaf (step counts, schedule state, injected hyperparameters) is replicated on the
     parameters' mesh (or put on their single device). Found with
     ``optax.tree_utils.tree_map_params``, so it works for any optax chain.
@@ -71,8 +104,9 @@ def state_sharding(tx: optax.GradientTransformation, params: PyTree) -> PyTree:
     abstract_state = jax.eval_shape(tx.init, abstract)
     return optax.tree_utils.tree_map_params(
         tx,
-        lambda _, sharding: sharding,
+        lambda node, sharding: _like_param(node, sharding, replicated),
         abstract_state,
         shardings,
         transform_non_params=lambda _: replicated,
+        is_leaf=_stands_for_one_param,
     )
