@@ -100,5 +100,5 @@ def test_update_refuses_a_state_its_init_did_not_make(tx, other, expected, given
 @pytest.mark.parametrize("wrapper", ["monitor", "quantized_moments"])
 @pytest.mark.parametrize("bad", [None, "adam", optax.adam], ids=["None", "str", "factory"])
 def test_wrappers_reject_non_transformations_at_construction(wrapper, bad):
-    with pytest.raises(TypeError, match="tx must be an optax.GradientTransformation"):
+    with pytest.raises(TypeError, match=r"tx must be an optax\.GradientTransformation"):
         getattr(adam_jax, wrapper)(bad)

@@ -87,11 +87,11 @@ def test_imports_when_shard_alike_is_removed(tmp_path):
 
 
 def test_sharding_tests_pass_without_shard_alike(tmp_path):
-    """The whole sharding test module, re-run in a process where shard_alike does not exist."""
+    """The sharding test modules (float and 8-bit state), re-run where shard_alike does not exist."""
     env = env_without(tmp_path, REMOVED_IN_NEWER_JAX)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     env.pop("PYTEST_XDIST_WORKER", None)
-    modules = ["tests/test_sharding.py"]
+    modules = ["tests/test_sharding.py", "tests/test_quantize_sharding.py"]
     result = subprocess.run(
         [
             sys.executable,
