@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -276,14 +277,71 @@ def bench_8bit(n_params: int, rounds: int, inner: int, leaves: int = 200) -> lis
     return lines
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type: an integer >= 1 (checked before any work starts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
+def _writable_json(text: str) -> str:
+    """argparse type: a file path whose folder exists and is writable (checked before timing)."""
+    path = os.path.abspath(text)
+    folder = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file")
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not writable")
+    return path
+
+
+def _write_json_atomically(path: str, rows: list[Row]) -> None:
+    """The rows plus what produced them, written to a temporary file renamed into place."""
+    import importlib.metadata as metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    record = {
+        "device_kind": jax.devices()[0].device_kind,
+        "backend": jax.default_backend(),
+        "versions": {n: version(n) for n in ("adam-jax", "jax", "jaxlib", "optax", "torch")},
+        "rows": [asdict(r) for r in rows],
+    }
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(tmp, path)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", type=int, default=16 * 2**20, help="parameters per case")
-    parser.add_argument("--leaves", type=int, default=None, help="leaves for the many-leaves case")
+    parser.add_argument(
+        "--params", type=_at_least_one, default=16 * 2**20, help="parameters per case (>= 1)"
+    )
+    parser.add_argument(
+        "--leaves", type=_at_least_one, default=None, help="leaves for the many-leaves case"
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (median)")
-    parser.add_argument("--inner", type=int, default=5, help="steps per round")
-    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--rounds", type=_at_least_one, default=15, help="interleaved rounds (median, >= 1)"
+    )
+    parser.add_argument("--inner", type=_at_least_one, default=5, help="steps per round (>= 1)")
+    parser.add_argument(
+        "--json",
+        type=_writable_json,
+        default=None,
+        help="also write the rows, device kind and versions to this JSON file (atomically)",
+    )
     parser.add_argument(
         "--8bit",
         dest="eight_bit",
@@ -311,6 +369,5 @@ def main(args: argparse.Namespace) -> int:
         rows += bench_case(case, n, args.dtype, args.rounds, args.inner)
         print(format_table([r for r in rows if r.case.startswith(case)]), flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([asdict(r) for r in rows], f, indent=2)
+        _write_json_atomically(args.json, rows)
     return 0
