@@ -5,7 +5,8 @@
 mesh over every process's devices (batch split over ``data``, the first layer's weight too), checks
 that the optimizer state is sharded like the parameters, saves and restores a checkpoint written
 by both processes, and process 0 writes the final parameters.
-The problem (``problem``, ``make_tx``, ``make_step``) is shared with the single-process reference.
+It does this for float32 Adam (AMSGrad) and for 8-bit state. The problem (``problem``,
+``make_tx``, ``make_tx_8bit``, ``make_step``) is shared with the single-process reference.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def make_tx():
     import adam_jax
 
     return adam_jax.adam(1e-2, amsgrad=True)
+
+
+def make_tx_8bit():
+    import adam_jax
+
+    return adam_jax.quantized_moments(adam_jax.adam(1e-2))
 
 
 def make_step(tx):
@@ -70,7 +77,6 @@ def main(port: int, process_id: int, num_processes: int, out: str) -> None:
     from jax.sharding import AxisType, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    import adam_jax
 
     assert jax.process_count() == num_processes and jax.local_device_count() == 2
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
@@ -81,28 +87,62 @@ def main(port: int, process_id: int, num_processes: int, out: str) -> None:
     local = slice(process_id * rows, (process_id + 1) * rows)
 
     host_params, xs, ys = problem()
-    params = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in host_params.items()}
-    tx = make_tx()
+    finals = {}
+    for name, tx in (("", make_tx()), ("q8_", make_tx_8bit())):
+        params = {
+            k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in host_params.items()
+        }
+        params = _train_check_and_checkpoint(
+            tx,
+            params,
+            mesh,
+            batch,
+            local,
+            xs,
+            ys,
+            os.path.join(os.path.dirname(out), f"{name}ckpt"),
+        )
+        gathered = multihost_utils.process_allgather(params, tiled=True)
+        finals.update({name + k: v for k, v in gathered.items()})
+    if process_id == 0:
+        np.savez(out, **{k: np.asarray(v) for k, v in finals.items()})
+    jax.distributed.shutdown()
+
+
+def _train_check_and_checkpoint(tx, params, mesh, batch, local, xs, ys, ckpt):
+    """Train on this process's share of every batch; check the state's sharding; save and restore
+    a checkpoint written by every process; return the parameters."""
+    import jax
+
+    import adam_jax
+
     state = jax.jit(tx.init)(params)
+    expected = adam_jax.state_sharding(tx, params)
+    for (path, leaf), sharding in zip(
+        jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(expected), strict=True
+    ):
+        assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (path, leaf.sharding)
     step = jax.jit(make_step(tx))
     for x, y in zip(xs, ys, strict=True):
         x = jax.make_array_from_process_local_data(batch, x[local])
         y = jax.make_array_from_process_local_data(batch, y[local])
         params, state = step(params, state, x, y)
 
-    expected = adam_jax.state_sharding(tx, params)
     for (path, leaf), sharding in zip(
         jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(expected), strict=True
     ):
         assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (path, leaf.sharding)
-    assert state[0].mu["w1"].sharding.is_equivalent_to(params["w1"].sharding, 2)
-    assert state[0].mu["w1"].addressable_shards[0].data.shape == (
-        D_IN,
-        HIDDEN // jax.device_count(),
-    )
+    # the first layer's moments are split over every device of every process
+    first = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+        if "'w1'" in jax.tree_util.keystr(path) and leaf.shape == (D_IN, HIDDEN)
+    ]
+    assert first, "no moment of w1 in the state"
+    for leaf in first:
+        assert leaf.addressable_shards[0].data.shape == (D_IN, HIDDEN // jax.device_count())
 
     # Every process writes its shards of one checkpoint and reads them back onto the mesh.
-    ckpt = os.path.join(os.path.dirname(out), "ckpt")
     adam_jax.save_checkpoint(ckpt, params, state, config={"lr": 1e-2})
     target = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), params
@@ -114,11 +154,7 @@ def main(port: int, process_id: int, num_processes: int, out: str) -> None:
         assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
         for sa, sb in zip(a.addressable_shards, b.addressable_shards, strict=True):
             assert sa.index == sb.index and np.array_equal(np.asarray(sa.data), np.asarray(sb.data))
-
-    final = multihost_utils.process_allgather(params, tiled=True)
-    if process_id == 0:
-        np.savez(out, **{k: np.asarray(v) for k, v in final.items()})
-    jax.distributed.shutdown()
+    return params
 
 
 if __name__ == "__main__":
