@@ -127,7 +127,7 @@ def test_reproduce_exits_2_on_a_malformed_file_before_training(tmp_path, capsys,
     from adam_jax import cli
     from adam_jax.paper import train
 
-    monkeypatch.setattr(train, "train_runs", None)  # any training would fail loudly
+    monkeypatch.setattr(train, "train_runs_with_steps", None)  # any training would fail loudly
     write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((130, 2, 2)))
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(130))
     d = tmp_path / "aclImdb" / "train"
