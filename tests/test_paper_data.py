@@ -58,6 +58,9 @@ def test_idx_bad_magic_and_truncation(tmp_path):
     write_idx(mismatched / "train-labels-idx1-ubyte", np.zeros(2))
     with pytest.raises(data.DataError, match="do not match"):
         data.load_mnist(mismatched)
+    write_idx(mismatched / "train-labels-idx1-ubyte", np.array([1, 12, 3]))
+    with pytest.raises(data.DataError, match=r"label 12 at index 1; expected digit labels 0..9"):
+        data.load_mnist(mismatched)
     notgz = tmp_path / "x.gz"
     notgz.write_bytes(b"not gzip")
     with pytest.raises(data.DataError, match=r"x.gz: not a valid gzip file"):
