@@ -58,6 +58,9 @@ def test_idx_bad_magic_and_truncation(tmp_path):
     write_idx(mismatched / "train-labels-idx1-ubyte", np.zeros(2))
     with pytest.raises(data.DataError, match="do not match"):
         data.load_mnist(mismatched)
+    write_idx(mismatched / "train-labels-idx1-ubyte", np.array([1, 12, 3]))
+    with pytest.raises(data.DataError, match=r"label 12 at index 1; expected digit labels 0..9"):
+        data.load_mnist(mismatched)
     notgz = tmp_path / "x.gz"
     notgz.write_bytes(b"not gzip")
     with pytest.raises(data.DataError, match=r"x.gz: not a valid gzip file"):
@@ -127,7 +130,7 @@ def test_reproduce_exits_2_on_a_malformed_file_before_training(tmp_path, capsys,
     from adam_jax import cli
     from adam_jax.paper import train
 
-    monkeypatch.setattr(train, "train_runs", None)  # any training would fail loudly
+    monkeypatch.setattr(train, "train_runs_with_steps", None)  # any training would fail loudly
     write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((130, 2, 2)))
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(130))
     d = tmp_path / "aclImdb" / "train"

@@ -55,7 +55,7 @@ def test_train_runs_matches_numpy_full_batch(vectorize):
     )
     lrs = np.array([0.1, 0.7])
     ticks = []
-    losses, step_losses = train.train_runs(
+    losses, step_losses = train.train_runs_with_steps(
         model,
         x,
         y,
@@ -74,6 +74,8 @@ def test_train_runs_matches_numpy_full_batch(vectorize):
         np.testing.assert_allclose(losses[r], expected, rtol=2e-5)
         # no dropout in this model: the minibatch cost before step t is the cost after epoch t-1
         np.testing.assert_allclose(step_losses[r], expected[:2], rtol=2e-5)
+    plain = train.train_runs(model, x, y, lambda h: optax.sgd(h["lr"]), {"lr": lrs}, 4, seed=0)
+    np.testing.assert_allclose(plain, losses, rtol=1e-6)  # the costs alone (a new compile)
 
 
 def test_train_runs_rejects_tiny_datasets():
@@ -224,7 +226,7 @@ def test_vae_claims_follow_section_6_4():
 
 
 def fake_train_runs(calls):
-    """A stand-in for train.train_runs: final cost (ln lr - ln 0.5)^2 + 1, so the best rate of a
+    """A stand-in for train.train_runs_with_steps: final cost (ln lr - ln 0.5)^2 + 1, so the best rate of a
     grid below 0.5 is at its top edge; records the learning rates of each call."""
 
     def train_runs(model, x, y, make_tx, hparams, epochs, seed, on_epoch=None, **kw):
@@ -239,7 +241,7 @@ def fake_train_runs(calls):
 
 def test_grid_extends_past_an_edge_a_bounded_number_of_steps(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(train, "train_runs", fake_train_runs(calls))
+    monkeypatch.setattr(train, "train_runs_with_steps", fake_train_runs(calls))
     budget = runner.Budget("t", {"fig2": 1}, {o: (1e-3, 3e-3) for o in runner.LABELS}, seeds=2)
     panel = runner.Panel("fig2", "fig2", "mnist", ("adam",))
     ds = data.Dataset("mnist", np.zeros((256, 3), np.float32), np.zeros(256, np.int32), 2, "d")
@@ -258,7 +260,7 @@ def test_grid_extends_past_an_edge_a_bounded_number_of_steps(tmp_path, monkeypat
 
 def test_resumed_fig3_rows_equal_the_first_run(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(train, "train_runs", fake_train_runs(calls))
+    monkeypatch.setattr(train, "train_runs_with_steps", fake_train_runs(calls))
     budget = runner.Budget(
         "t", {"fig3": 2, "fig3_early": 1}, {o: (0.3, 1.0) for o in runner.LABELS}, seeds=2
     )
@@ -294,7 +296,7 @@ def run_cli(*args):
 def test_reproduce_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     assert run_cli("fig1", "--tiny", "--out", str(a)) == 0
-    real, calls = train.train_runs, []
+    real, calls = train.train_runs_with_steps, []
 
     def interrupt_on_third_call(*args, **kw):
         calls.append(1)
@@ -302,7 +304,7 @@ def test_reproduce_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, mo
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(train, "train_runs", interrupt_on_third_call)
+    monkeypatch.setattr(train, "train_runs_with_steps", interrupt_on_third_call)
     assert run_cli("fig1", "--tiny", "--out", str(b)) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
@@ -311,7 +313,7 @@ def test_reproduce_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, mo
     kept = runner.read_csv(b / "results.csv")
     assert len({runner.run_key(r) for r in kept}) == 2  # the two finished groups (1 run each)
     assert json.loads((b / "run.json").read_text())["status"] == "interrupted"
-    monkeypatch.setattr(train, "train_runs", real)
+    monkeypatch.setattr(train, "train_runs_with_steps", real)
     assert run_cli("fig1", "--tiny", "--out", str(b), "--resume") == 0
     assert (a / "results.csv").read_bytes() == (b / "results.csv").read_bytes()
 
@@ -346,7 +348,7 @@ def test_resume_refuses_a_different_run(tmp_path, capsys):
 
 
 def test_out_is_checked_before_any_training(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(train, "train_runs", None)  # any training would fail loudly
+    monkeypatch.setattr(train, "train_runs_with_steps", None)  # any training would fail loudly
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert run_cli("fig2", "--tiny", "--out", str(blocker)) == 2

@@ -187,6 +187,11 @@ def load_mnist(data_dir: str | Path) -> Dataset:
             f"{d}: MNIST images {images.shape} and labels {labels.shape} do not match; expected "
             "images (n, rows, cols) and labels (n,)"
         )
+    if labels.size and labels.max() > 9:
+        raise DataError(
+            f"{d / 'train-labels-idx1-ubyte'}: label {labels.max()} at index "
+            f"{int(np.argmax(labels))}; expected digit labels 0..9"
+        )
     x = (images.reshape(len(images), -1) / 255.0).astype(np.float32)
     return Dataset("mnist", x, labels.astype(np.int32), 10, f"MNIST ({len(x):,} images)")
 

@@ -335,7 +335,7 @@ def run_panel(
                 progress.update(len(lrs) * epochs)
                 return kept
             lr_arr = np.asarray(lrs, np.float64)
-            losses, step_losses = train.train_runs(
+            losses, step_losses = train.train_runs_with_steps(
                 model, ds.x, ds.y, make_optimizer(opt, sched), {"lr": lr_arr}, epochs, seed,
                 on_epoch=functools.partial(progress.update, len(lrs) if vectorize else 1),
                 vectorize=vectorize, step_epochs=step_epochs,
@@ -415,7 +415,7 @@ def run_vae_grid(
             progress.update(epochs)
             rows += kept
             continue
-        losses, _ = train.train_runs(
+        losses, _ = train.train_runs_with_steps(
             model, ds.x, ds.y, _vae_optimizer(bc), hp, epochs, seed,
             on_epoch=lambda: progress.update(1),
         )  # fmt: skip

@@ -87,6 +87,24 @@ def train_runs(
     seed: int,
     on_epoch: Callable[[], None] | None = None,
     vectorize: bool = True,
+) -> np.ndarray:
+    """The training cost of each run after each epoch, shape (R, epochs + 1): the first result of
+    :func:`train_runs_with_steps` (see there)."""
+    return train_runs_with_steps(
+        model, x, y, make_tx, hparams, epochs, seed, on_epoch=on_epoch, vectorize=vectorize
+    )[0]
+
+
+def train_runs_with_steps(
+    model: Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    make_tx: MakeTx,
+    hparams: Mapping[str, np.ndarray],
+    epochs: int,
+    seed: int,
+    on_epoch: Callable[[], None] | None = None,
+    vectorize: bool = True,
     step_epochs: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train one run per entry of ``hparams`` (arrays of equal length R) for ``epochs`` epochs.
