@@ -41,7 +41,7 @@ class StepStats(NamedTuple):
     step_bound: jax.Array  # Section 2.1 bound for the step's alpha, b1, b2 (alpha for AdaMax)
     frac_near_bound: jax.Array  # fraction of elements with |update| >= near * step_bound
     mean_snr: jax.Array  # mean |m_hat|/sqrt(v_hat) (|m_hat|/u_t for AdaMax), 0 where v = 0;
-    # NaN when the moments are stored in 8 bits (quantized_moments), which are not m_t, v_t
+    # 8-bit moments (quantized_moments) are decoded first
     bias_correction_1: jax.Array  # 1 - b1^t
     bias_correction_2: jax.Array  # 1 - b2^t (1 for AdaMax, whose u_t needs none)
     nonfinite_grads: jax.Array  # number of NaN/Inf gradient elements, int32
@@ -222,6 +222,14 @@ def _settle(name: str, given: Any, found: dict[str, Any]) -> Any:
     return have
 
 
+def _decoded(moments: Any) -> Any:
+    """A moment tree with 8-bit ``quantized_moments`` leaves decoded to their float values."""
+    from adam_jax.quantize import QuantizedMoment, dequantize  # an optional extension
+
+    is_q = lambda x: isinstance(x, QuantizedMoment)
+    return jax.tree.map(lambda x: dequantize(x) if is_q(x) else x, moments, is_leaf=is_q)
+
+
 def _stats(
     grads: optax.Updates,
     updates: optax.Updates,
@@ -249,10 +257,11 @@ def _stats(
     # before the first step (t = 0, e.g. skipped by apply_if_finite) m = 0 and c1 = 0: SNR 0.
     safe_c1 = jnp.where(c1 > 0, c1, 1.0)
     snr_factor = jnp.where(c1 > 0, (1 / safe_c1) if is_adamax else jnp.sqrt(c2) / safe_c1, 0.0)
-    # 1-D views: XLA:CPU reduces a raveled array several times faster than a 2-D one.
+    # 1-D views: XLA:CPU reduces a raveled array several times faster than a 2-D one. Moments
+    # stored in 8 bits (quantized_moments) are decoded to m_t, v_t first.
     us, ms, vs, gs = (
         [jnp.ravel(x) for x in jax.tree.leaves(tree)]
-        for tree in (updates, adam_state.mu, adam_state.nu, grads)
+        for tree in (updates, _decoded(adam_state.mu), _decoded(adam_state.nu), grads)
     )
     size = max(1, sum(u.size for u in us))
     zero = jnp.zeros([], f32)
@@ -270,10 +279,7 @@ def _stats(
         # but an int32 sum as a tree of reduce-windows over a converted copy, 5x slower.
         return jnp.sum(jnp.where(flags, 1.0, 0.0).astype(f32))
 
-    if any(jnp.finfo(x.dtype).bits <= 8 for x in ms + vs):  # quantized_moments' stored form
-        mean_snr = jnp.full([], jnp.nan, f32)  # is not m_t, v_t: not available
-    else:
-        mean_snr = total([snr_sum(m, v) for m, v in zip(ms, vs, strict=True)]) * snr_factor / size
+    mean_snr = total([snr_sum(m, v) for m, v in zip(ms, vs, strict=True)]) * snr_factor / size
     abs_us = [jnp.abs(u).astype(f32) for u in us]
     return StepStats(
         max_step=jnp.max(jnp.stack([jnp.max(a, initial=zero) for a in abs_us] + [zero])),

@@ -13,16 +13,12 @@ from jax.sharding import PartitionSpec as P
 
 import adam_jax
 
-
-def _labels(params):
-    return {k: ("frozen" if k == "n" else "train") for k in params}
-
-
 STATES = {
     "chain": lambda: optax.chain(optax.clip_by_global_norm(1.0), adam_jax.adam(1e-2)),
     "masked": lambda: optax.masked(adam_jax.adam(1e-2), lambda p: {k: k != "n" for k in p}),
     "partition": lambda: optax.partition(
-        {"train": adam_jax.adam(1e-2), "frozen": optax.set_to_zero()}, _labels
+        {"train": adam_jax.adam(1e-2), "frozen": optax.set_to_zero()},
+        {"w": "train", "b": "train", "n": "frozen"},
     ),
     "inject_hyperparams": lambda: optax.inject_hyperparams(adam_jax.adam)(learning_rate=1e-2),
     "quantized_moments": lambda: adam_jax.quantized_moments(adam_jax.adam(1e-2)),
