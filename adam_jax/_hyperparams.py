@@ -152,8 +152,10 @@ def annotate(tx: optax.GradientTransformation, **values: Any) -> optax.GradientT
     def update_fn(
         updates: optax.Updates, state: PyTree, params: optax.Params | None = None
     ) -> tuple[optax.Updates, PyTree]:
-        updates, state = tx.update(updates, state, params)
-        return updates, add(state)
+        # The state's record already holds the values (added at init) and update passes it on
+        # unchanged: rebuilding it here from this instance would change the state's tree
+        # structure whenever the optimizer is rebuilt (a schedule is a new function each time).
+        return tx.update(updates, state, params)
 
     return optax.GradientTransformation(init_fn, update_fn)
 

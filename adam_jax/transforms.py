@@ -238,7 +238,7 @@ def _scale_by_adam(
             mu=_tree.cast_like(m, state.mu),
             nu=_tree.cast_like(v, state.nu),
             nu_max=_tree.cast_like(nu_max, state.nu_max) if amsgrad else None,
-            hyperparams=record,
+            hyperparams=state.hyperparams,  # the record init made (its tree structure too)
         )
         return _tree.cast_to_updates(direction, updates), new_state
 
@@ -349,7 +349,7 @@ def _scale_by_adamax(
             count=t,
             mu=_tree.cast_like(m, state.mu),
             nu=_tree.cast_like(u, state.nu),
-            hyperparams=record,
+            hyperparams=state.hyperparams,  # the record init made (its tree structure too)
         )
         return _tree.cast_to_updates(direction, updates), new_state
 

@@ -102,3 +102,38 @@ def test_update_refuses_a_state_its_init_did_not_make(tx, other, expected, given
 def test_wrappers_reject_non_transformations_at_construction(wrapper, bad):
     with pytest.raises(TypeError, match=r"tx must be an optax\.GradientTransformation"):
         getattr(adam_jax, wrapper)(bad)
+
+
+def test_state_structure_survives_rebuilding_the_optimizer():
+    """init with one instance, update with a rebuilt one (a new schedule function): the state's
+    tree structure is unchanged, so lax.scan carries it and a jitted step is traced once."""
+
+    def make_tx():
+        return adam_jax.adam(adam_jax.inverse_sqrt_schedule(1e-2))
+
+    params = {"w": jnp.ones(3)}
+    state = make_tx().init(params)
+    traces = []
+
+    @jax.jit
+    def epoch(params, state):
+        tx = make_tx()
+        traces.append(1)
+
+        def step(carry, _):
+            p, s = carry
+            updates, s = tx.update({"w": jnp.ones(3)}, s, p)
+            return (optax.apply_updates(p, updates), s), None
+
+        return jax.lax.scan(step, (params, state), None, length=4)[0]
+
+    for _ in range(3):
+        params, state = epoch(params, state)
+    assert len(traces) == 1
+    ref = optax.adam(lambda c: 1e-2 / jnp.sqrt(c + 1.0))
+    ref_params, ref_state = {"w": jnp.ones(3)}, None
+    ref_state = ref.init(ref_params)
+    for _ in range(12):
+        u, ref_state = ref.update({"w": jnp.ones(3)}, ref_state, ref_params)
+        ref_params = optax.apply_updates(ref_params, u)
+    np.testing.assert_allclose(params["w"], ref_params["w"], rtol=1e-5)
