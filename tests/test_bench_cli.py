@@ -60,3 +60,21 @@ def test_json_records_rows_device_and_versions(tmp_path):
     contenders = {row["name"] for row in record["rows"]}
     assert {"optax.adam", "adam_jax.adam"} <= contenders
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # no temporary file left
+
+
+def test_ctrl_c_during_bench_exits_130_with_one_line():
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adam_jax", "bench", "--cases", "many-leaves", "--rounds", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().startswith("adam-jax bench on")  # measuring has started
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines() == ["adam-jax: interrupted (Ctrl-C)"], err[-2000:]
