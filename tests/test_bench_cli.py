@@ -78,3 +78,22 @@ def test_ctrl_c_during_bench_exits_130_with_one_line():
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines() == ["adam-jax: interrupted (Ctrl-C)"], err[-2000:]
+
+
+def test_readme_bench_table_is_the_committed_record_of_this_version():
+    """The README's CPU table is generated from results/bench/cpu.json, measured by this version."""
+    from importlib import metadata
+    from pathlib import Path
+
+    from adam_jax.bench import Row, format_table
+
+    root = Path(__file__).resolve().parent.parent
+    record = json.loads((root / "results" / "bench" / "cpu.json").read_text())
+    assert record["versions"]["adam-jax"] == metadata.version("adam-jax"), (
+        "results/bench/cpu.json was measured by another adam_jax version: re-run "
+        "adam-jax bench --json results/bench/cpu.json and regenerate the README table"
+    )
+    readme = (root / "README.md").read_text()
+    start = "<!-- bench table: generated from results/bench/cpu.json -->"
+    block = readme[readme.index(start) + len(start) : readme.index("<!-- end of bench table -->")]
+    assert block.strip() == format_table([Row(**r) for r in record["rows"]])
