@@ -180,16 +180,7 @@ def bench_case(case: str, n_params: int, dtype: str, rounds: int, inner: int) ->
     if torch_c is not None:
         contenders["torch fused Adam"] = torch_c
 
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    for run, _, _ in contenders.values():  # warm-up
-        run()
-    for _ in range(rounds):
-        for name, (run, _, _) in contenders.items():
-            start = time.perf_counter()
-            for _ in range(inner):
-                run()
-            times[name].append((time.perf_counter() - start) / inner)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = _interleaved_medians(contenders, rounds, inner)
     rows = []
     for name, (_, compile_s, n_state_bytes) in contenders.items():
         rows.append(
@@ -205,6 +196,21 @@ def bench_case(case: str, n_params: int, dtype: str, rounds: int, inner: int) ->
             )
         )
     return rows
+
+
+def _interleaved_medians(contenders: dict, rounds: int, inner: int) -> dict[str, float]:
+    """Seconds per step of each contender ``(run, ...)``: one warm-up call each, then ``rounds``
+    rounds that time every contender in turn over ``inner`` calls; the median over rounds."""
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for run, *_ in contenders.values():  # warm-up
+        run()
+    for _ in range(rounds):
+        for name, (run, *_) in contenders.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                run()
+            times[name].append((time.perf_counter() - start) / inner)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -246,16 +252,7 @@ def bench_8bit(n_params: int, rounds: int, inner: int, leaves: int = 200) -> lis
             "f32": _jax_contender(adam_jax.adam(1e-3), params, grads),
             "8bit": _jax_contender(quantized_moments(adam_jax.adam(1e-3)), params, grads),
         }
-        times: dict[str, list[float]] = {k: [] for k in contenders}
-        for run, _, _ in contenders.values():  # warm-up
-            run()
-        for _ in range(rounds):
-            for name, (run, _, _) in contenders.items():
-                start = time.perf_counter()
-                for _ in range(inner):
-                    run()
-                times[name].append((time.perf_counter() - start) / inner)
-        ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        ms = {k: v * 1e3 for k, v in _interleaved_medians(contenders, rounds, inner).items()}
         lines.append(
             f"| {case} ({n / 1e6:.1f}M) | {ms['f32']:.2f} | {ms['8bit']:.2f} | "
             f"{ms['8bit'] / ms['f32']:.2f} | {contenders['f32'][2] / n:.2f} | "
