@@ -1,16 +1,26 @@
-"""``adam-jax bench``: an Adam step against the memory-bandwidth floor, optax and torch.
+"""``adam-jax bench``: Adam against the memory-traffic floor, optax and torch, side by side.
 
-Every contender is measured in the same process, interleaved round by round, and reported as the
-median over rounds (warm-up and compilation excluded), so the ratios are comparable even on a
-shared, noisy machine.
+Two kinds of case. An *optimizer step* times ``tx.update`` plus ``optax.apply_updates`` with the
+gradients passed in; its floor is a kernel moving the same bytes over one flat array with trivial
+math. A *train step* computes the gradients inside the jitted step (``jax.grad`` of a loss) and
+is compared with the same step under stateless SGD (``optax.sgd``): the difference is the
+optimizer's overhead. Params and state are donated in every jitted step.
+
+Every contender of a case is compiled first, then timed in the same process, interleaved round by
+round, and reported as the median over rounds (warm-up and compilation excluded), so the ratios
+are comparable even on a shared, noisy machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import math
 import os
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -23,11 +33,351 @@ import optax
 import adam_jax
 from adam_jax.quantize import quantized_moments, state_bytes
 
-CASES = {
-    "one-array": lambda n: [(n,)],
-    "many-leaves": lambda n: [(64, 64)] * max(1, n // 4096),
-    "transformer": lambda n: _transformer_shapes(n),
+LR = 1e-3
+
+
+# --- cases -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """Parameter leaves of one benchmark case; ``model`` names the loss of a train step."""
+
+    name: str
+    shapes: tuple[tuple[int, ...], ...]
+    model: str | None = None  # None: optimizer step, grads passed in
+
+    @property
+    def kind(self) -> str:
+        return "optimizer step" if self.model is None else "train step"
+
+    @property
+    def label(self) -> str:
+        n = sum(math.prod(s) for s in self.shapes)
+        return f"{self.name} ({len(self.shapes)} leaves, {n / 1e6:.1f}M)"
+
+
+def gpt2_small_shapes() -> list[tuple[int, ...]]:
+    """The 148 leaves (124M parameters) of GPT-2 small: embeddings, 12 blocks, final norm."""
+    d, blocks = 768, 12
+    ln = [(d,), (d,)]  # scale, bias
+    block = [
+        *ln,
+        (d, 3 * d), (3 * d,),  # attention c_attn
+        (d, d), (d,),  # attention c_proj
+        *ln,
+        (d, 4 * d), (4 * d,),  # mlp c_fc
+        (4 * d, d), (d,),  # mlp c_proj
+    ]  # fmt: skip
+    return [(50257, d), (1024, d), *block * blocks, *ln]
+
+
+# Sizes of the default run (about 2 minutes on a 2-core CPU) and of --full (the issue's sizes).
+SIZES = {
+    "default": {"params": 2**22, "leaves": 100},
+    "full": {"params": 2**24, "leaves": 1000},
 }
+OPTIMIZER_CASES = ["one-array", "many-leaves", "gpt2-small"]
+TRAIN_CASES = ["train-mlp", "train-many-leaves"]
+DEFAULT_CASES = ["one-array", "many-leaves", "train-mlp", "train-many-leaves"]
+
+
+def make_case(name: str, params: int, leaves: int) -> Case:
+    """``params``: size of the one array; ``leaves``: leaves of the two many-leaf cases."""
+    if name == "one-array":
+        return Case(name, ((params,),))
+    if name == "many-leaves":
+        return Case(name, ((64, 64),) * leaves)
+    if name == "gpt2-small":
+        return Case(name, tuple(gpt2_small_shapes()))
+    if name == "train-mlp":  # the paper's Section 6.2 MLP, 784-1000-1000-10
+        return Case(name, ((784, 1000), (1000,), (1000, 1000), (1000,), (1000, 10), (10,)), "mlp")
+    if name == "train-many-leaves":
+        return Case(name, ((32, 32),) * leaves, "residual-tanh")
+    raise ValueError(f"unknown case {name!r}")
+
+
+def plan(args: argparse.Namespace) -> list[Case]:
+    """The cases a command line selects: the default set, or every case at the sizes of --full."""
+    sizes = SIZES["full" if args.full else "default"]
+    names = args.cases or (OPTIMIZER_CASES + TRAIN_CASES if args.full else DEFAULT_CASES)
+    return [
+        make_case(n, args.params or sizes["params"], args.leaves or sizes["leaves"]) for n in names
+    ]
+
+
+def _params(shapes, dtype, seed=0):
+    """Seeded normal leaves scaled by 1/sqrt(leading dimension), named in order."""
+    rng = np.random.default_rng(seed)
+    return {
+        f"p{i:04d}": jnp.asarray(rng.normal(size=s) / math.sqrt(s[0]), dtype)
+        for i, s in enumerate(shapes)
+    }
+
+
+def _mlp_loss(params, batch):
+    """Softmax cross-entropy of a ReLU MLP whose leaves are (w, b) pairs in order."""
+    x, labels = batch
+    layers = list(params.values())
+    h = x
+    for i in range(0, len(layers), 2):
+        h = h @ layers[i] + layers[i + 1]
+        if i + 2 < len(layers):
+            h = jax.nn.relu(h)
+    return optax.softmax_cross_entropy_with_integer_labels(h, labels).mean()
+
+
+def _residual_tanh_loss(params, x):
+    """One small residual layer per leaf: h <- h + 0.1 tanh(h W); loss mean(h^2)."""
+    h = x
+    for w in params.values():
+        h = h + 0.1 * jnp.tanh(h @ w)
+    return jnp.mean(h**2)
+
+
+def _batch(model: str, dtype):
+    rng = np.random.default_rng(2)
+    if model == "mlp":
+        x = jnp.asarray(rng.normal(size=(128, 784)), dtype)
+        return x, jnp.asarray(rng.integers(0, 10, size=128))
+    return jnp.asarray(rng.normal(size=(32, 32)), dtype)
+
+
+LOSSES = {"mlp": _mlp_loss, "residual-tanh": _residual_tanh_loss}
+
+
+# --- contenders ------------------------------------------------------------------------------
+
+
+@dataclass
+class Contender:
+    run: Callable[[], None]  # one step, finished (blocked on) before it returns
+    compile_s: float | None  # lower + compile of the jitted step; None for eager torch
+    state_bytes: int
+
+
+def _jax_contender(tx: optax.GradientTransformation, params, data, loss=None) -> Contender:
+    """A jitted step with donated params and state. ``data`` is the gradients of an optimizer
+    step, or the batch of a train step whose gradients ``jax.grad(loss)`` computes inside."""
+
+    def step(p, s, data):
+        g = data if loss is None else jax.grad(loss)(p, data)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    state = tx.init(params)
+    start = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, data).compile()
+    compile_s = time.perf_counter() - start
+    box = {"p": jax.tree.map(jnp.copy, params), "s": state}
+
+    def run():
+        box["p"], box["s"] = compiled(box["p"], box["s"], data)
+        jax.block_until_ready(box["p"])
+
+    return Contender(run, compile_s, state_bytes(state))
+
+
+def _floor_contender(params) -> Contender:
+    """The bytes of an Adam step (read p, g, m, v; write p, m, v) over flat arrays, trivial math."""
+    n = sum(x.size for x in jax.tree.leaves(params))
+    dtype = jax.tree.leaves(params)[0].dtype
+    flat = [jnp.ones(n, dtype) * i for i in range(4)]
+
+    def step(p, m, v, g):
+        return p - g * LR, m + g, v + g
+
+    start = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*flat).compile()
+    compile_s = time.perf_counter() - start
+    box = {"x": flat[:3]}
+
+    def run():
+        box["x"] = list(compiled(*box["x"], flat[3]))
+        jax.block_until_ready(box["x"])
+
+    return Contender(run, compile_s, 0)  # the floor keeps no optimizer state
+
+
+def _torch_contender(params, grads, impl: str, device: str) -> Contender:
+    """torch.optim.Adam (``fused=True`` or ``foreach=True``) over the same leaves, eager."""
+    import torch
+
+    def tensor(x):
+        return torch.tensor(np.asarray(x, np.float32), device=device).to(
+            getattr(torch, x.dtype.name)
+        )
+
+    ps = [tensor(x) for x in jax.tree.leaves(params)]
+    for p, g in zip(ps, jax.tree.leaves(grads), strict=True):
+        p.grad = tensor(g)
+    opt = torch.optim.Adam(ps, lr=LR, **{impl: True})
+
+    def run():
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    run()  # creates the state
+    n_bytes = sum(
+        t.numel() * t.element_size()
+        for st in opt.state.values()
+        for t in st.values()
+        if torch.is_tensor(t) and t.numel() > 1
+    )
+    return Contender(run, None, n_bytes)
+
+
+def _torch_devices() -> list[str]:
+    try:
+        import torch
+    except ImportError:
+        return []
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+# Selectable contenders: the name in --contenders -> (row name, transformation). The floor (in
+# optimizer steps), optax.adam and, in train steps, optax.sgd are always timed: ratios refer to them.
+JAX_CONTENDERS: dict[str, tuple[str, Callable[[], optax.GradientTransformation]]] = {
+    "optax-flatten": ("optax.flatten(optax.adam)", lambda: optax.flatten(optax.adam(LR))),
+    "adam_jax": ("adam_jax.adam", lambda: adam_jax.adam(LR)),
+    "bf16": (
+        "adam_jax.adam, bf16 moments",
+        lambda: adam_jax.adam(LR, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
+    ),
+    "8bit": ("adam_jax.adam, 8-bit moments", lambda: quantized_moments(adam_jax.adam(LR))),
+}
+if hasattr(adam_jax, "flat_moments"):
+    JAX_CONTENDERS["flat"] = (
+        "adam_jax.adam, flat moments",
+        lambda: adam_jax.flat_moments(adam_jax.adam(LR)),
+    )
+TORCH_CONTENDERS = {"torch-fused": "fused", "torch-foreach": "foreach"}
+CONTENDERS = [*JAX_CONTENDERS, *TORCH_CONTENDERS]
+
+
+def build_contenders(case: Case, dtype: str, selected: Sequence[str]) -> dict[str, Contender]:
+    """Compile (or, for torch, warm up) every contender of ``case``, references first."""
+    params = _params(case.shapes, dtype)
+    if case.model is None:
+        data, loss = _params(case.shapes, dtype, seed=1), None
+        contenders = {"floor": _floor_contender(params)}
+    else:
+        data, loss = _batch(case.model, dtype), LOSSES[case.model]
+        contenders = {"optax.sgd": _jax_contender(optax.sgd(LR), params, data, loss)}
+    contenders["optax.adam"] = _jax_contender(optax.adam(LR), params, data, loss)
+    for key in selected:
+        if key in JAX_CONTENDERS:
+            name, make_tx = JAX_CONTENDERS[key]
+            contenders[name] = _jax_contender(make_tx(), params, data, loss)
+    if case.model is None:  # torch runs the optimizer step only
+        for device in _torch_devices():
+            for key in selected:
+                if key in TORCH_CONTENDERS:
+                    impl = TORCH_CONTENDERS[key]
+                    name = f"torch {impl} Adam ({device})"
+                    contenders[name] = _torch_contender(params, data, impl, device)
+    return contenders
+
+
+# --- timing and results ----------------------------------------------------------------------
+
+
+def _interleaved_medians(contenders: dict, rounds: int, inner: int) -> dict[str, float]:
+    """Seconds per step of each ``Contender``: one warm-up call each, then ``rounds`` rounds
+    that time every contender in turn over ``inner`` calls; the median over rounds."""
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for c in contenders.values():  # warm-up
+        c.run()
+    for _ in range(rounds):
+        for name, c in contenders.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                c.run()
+            times[name].append((time.perf_counter() - start) / inner)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+@dataclass
+class Row:
+    case: str
+    kind: str  # "optimizer step" or "train step"
+    contender: str
+    ms_per_step: float
+    vs_optax: float  # step time / optax.adam's
+    vs_floor: float | None  # optimizer steps: step time / the floor's
+    overhead_ms: float | None  # train steps: step time - optax.sgd's
+    overhead_vs_optax: float | None  # train steps: overhead / optax.adam's overhead
+    compile_s: float | None  # None: eager (torch)
+    compile_vs_optax: float | None
+    state_bytes_per_param: float
+
+
+def bench_case(case: Case, dtype: str, selected: Sequence[str], rounds: int, inner: int):
+    contenders = build_contenders(case, dtype, selected)
+    med = _interleaved_medians(contenders, rounds, inner)
+    n = sum(math.prod(s) for s in case.shapes)
+    optax_c = contenders["optax.adam"]
+    base = med.get("optax.sgd")
+    rows = []
+    for name, c in contenders.items():
+        overhead = None if base is None else med[name] - base
+        optax_overhead = None if base is None else med["optax.adam"] - base
+        rows.append(
+            Row(
+                case=case.label,
+                kind=case.kind,
+                contender=name,
+                ms_per_step=med[name] * 1e3,
+                vs_optax=med[name] / med["optax.adam"],
+                vs_floor=med[name] / med["floor"] if "floor" in med else None,
+                overhead_ms=None if overhead is None else overhead * 1e3,
+                overhead_vs_optax=None if overhead is None else overhead / optax_overhead,
+                compile_s=c.compile_s,
+                compile_vs_optax=None if c.compile_s is None else c.compile_s / optax_c.compile_s,
+                state_bytes_per_param=c.state_bytes / n,
+            )
+        )
+    return rows
+
+
+def _cell(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """One Markdown table per case, in order; train steps show the overhead over optax.sgd."""
+    tables: list[list[str]] = []
+    for i, r in enumerate(rows):
+        train = r.kind == "train step"
+        if i == 0 or r.case != rows[i - 1].case:
+            middle = "overhead ms | overhead x optax" if train else "x optax | x floor"
+            tables.append(
+                [
+                    f"| {r.kind}: {r.case} | ms/step | {middle} | compile s | compile x optax | "
+                    "state B/param |",
+                    "|" + "---|" * 7,
+                ]
+            )
+        middle = (
+            f"{_cell(r.overhead_ms)} | {_cell(r.overhead_vs_optax)}"
+            if train
+            else f"{_cell(r.vs_optax)} | {_cell(r.vs_floor)}"
+        )
+        compile_s = "eager" if r.compile_s is None else _cell(r.compile_s)
+        tables[-1].append(
+            f"| {r.contender} | {r.ms_per_step:.2f} | {middle} | {compile_s} | "
+            f"{_cell(r.compile_vs_optax)} | {r.state_bytes_per_param:.1f} |"
+        )
+    return "\n\n".join("\n".join(t) for t in tables)
+
+
+# --- 8-bit against float32 (adam-jax bench --8bit) -------------------------------------------
+
+# A GPT-2-small transformer block (d = 768): attention in/out, MLP in/out, layer norms, biases.
+GPT2_BLOCK = [(768, 2304), (2304,), (768, 768), (768,), (768, 3072), (3072,), (3072, 768)] + [
+    (768,)
+] * 5
 
 
 def _transformer_shapes(n: int) -> list[tuple[int, ...]]:
@@ -41,201 +391,12 @@ def _transformer_shapes(n: int) -> list[tuple[int, ...]]:
     return shapes
 
 
-@dataclass
-class Row:
-    case: str
-    name: str
-    ms_per_step: float
-    gb_per_s: float
-    vs_floor: float
-    vs_optax: float
-    compile_s: float
-    state_bytes_per_param: float
-
-
-def _params(shapes, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    return {f"p{i:04d}": jnp.asarray(rng.normal(size=s), dtype) for i, s in enumerate(shapes)}
-
-
-def _jax_contender(tx: optax.GradientTransformation, params, grads):
-    """A jitted train step with donated params/state; returns (step, compile seconds, state bytes)."""
-
-    def step(p, s, g):
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
-    state = tx.init(params)
-    start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
-    compile_s = time.perf_counter() - start
-    box = {"p": jax.tree.map(jnp.copy, params), "s": state}
-
-    def run():
-        box["p"], box["s"] = compiled(box["p"], box["s"], grads)
-        jax.block_until_ready(box["p"])
-
-    return run, compile_s, state_bytes(state)
-
-
-def _floor_contender(params, grads):
-    """The same bytes as an Adam step (read p, g, m, v; write p, m, v) over flat arrays, trivial math."""
-    n = sum(x.size for x in jax.tree.leaves(params))
-    dtype = jax.tree.leaves(params)[0].dtype
-    flat = [jnp.ones(n, dtype) * i for i in range(4)]
-
-    def step(p, m, v, g):
-        return p - g * 1e-3, m + g, v + g
-
-    start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*flat).compile()
-    compile_s = time.perf_counter() - start
-    box = {"x": flat[:3]}
-
-    def run():
-        box["x"] = list(compiled(*box["x"], flat[3]))
-        jax.block_until_ready(box["x"])
-
-    return run, compile_s, 0  # the floor keeps no optimizer state
-
-
-def _leaf_floor_contender(params, grads):
-    """The floor's trivial math, but leaf by leaf over the parameter tree as an optimizer sees it.
-
-    Its distance from the flat floor is the cost of the tree layout itself (one kernel per leaf
-    and output on XLA:CPU), which no per-leaf optimizer can go below.
-    """
-    state = [jax.tree.map(jnp.zeros_like, params) for _ in range(2)]
-
-    def step(p, m, v, g):
-        return (
-            jax.tree.map(lambda a, b: a - b * 1e-3, p, g),
-            jax.tree.map(lambda a, b: a + b, m, g),
-            jax.tree.map(lambda a, b: a + b, v, g),
-        )
-
-    start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(params, *state, grads).compile()
-    compile_s = time.perf_counter() - start
-    box = {"x": [jax.tree.map(jnp.copy, params), *state]}
-
-    def run():
-        box["x"] = list(compiled(*box["x"], grads))
-        jax.block_until_ready(box["x"])
-
-    return run, compile_s, 0
-
-
-def _torch_contender(params, grads):
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    ps = [
-        torch.tensor(np.asarray(x, np.float32), requires_grad=False)
-        for x in jax.tree.leaves(params)
-    ]
-    gs = [torch.tensor(np.asarray(x, np.float32)) for x in jax.tree.leaves(grads)]
-    for p, g in zip(ps, gs, strict=True):
-        p.grad = g
-    opt = torch.optim.Adam(ps, lr=1e-3, fused=True)
-    start = time.perf_counter()
-    opt.step()
-    compile_s = time.perf_counter() - start
-
-    def run():
-        opt.step()
-
-    state_bytes = sum(
-        t.numel() * t.element_size()
-        for st in opt.state.values()
-        for t in st.values()
-        if torch.is_tensor(t) and t.numel() > 1
-    )
-    return run, compile_s, state_bytes
-
-
-def bench_case(case: str, n_params: int, dtype: str, rounds: int, inner: int) -> list[Row]:
-    shapes = CASES[case](n_params)
-    params = _params(shapes, dtype)
-    grads = _params(shapes, dtype, seed=1)
-    n = sum(x.size for x in jax.tree.leaves(params))
-    itemsize = jnp.dtype(dtype).itemsize
-    moved = n * itemsize * 7  # read p, g, m, v; write p, m, v
-
-    contenders: dict[str, tuple[Callable[[], None], float, int]] = {
-        "floor": _floor_contender(params, grads),
-        "floor, leaf by leaf": _leaf_floor_contender(params, grads),
-        "optax.adam": _jax_contender(optax.adam(1e-3), params, grads),
-        "adam_jax.adam": _jax_contender(adam_jax.adam(1e-3), params, grads),
-        "adam_jax.adam, bf16 moments": _jax_contender(
-            adam_jax.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16), params, grads
-        ),
-        "adam_jax.adam, 8-bit moments": _jax_contender(
-            quantized_moments(adam_jax.adam(1e-3)), params, grads
-        ),
-    }
-    torch_c = _torch_contender(params, grads) if dtype == "float32" else None
-    if torch_c is not None:
-        contenders["torch fused Adam"] = torch_c
-
-    med = _interleaved_medians(contenders, rounds, inner)
-    rows = []
-    for name, (_, compile_s, n_state_bytes) in contenders.items():
-        rows.append(
-            Row(
-                case=f"{case} ({len(shapes)} leaves, {n / 1e6:.1f}M)",
-                name=name,
-                ms_per_step=med[name] * 1e3,
-                gb_per_s=moved / med[name] / 1e9,
-                vs_floor=med[name] / med["floor"],
-                vs_optax=med[name] / med["optax.adam"],
-                compile_s=compile_s,
-                state_bytes_per_param=n_state_bytes / n,
-            )
-        )
-    return rows
-
-
-def _interleaved_medians(contenders: dict, rounds: int, inner: int) -> dict[str, float]:
-    """Seconds per step of each contender ``(run, ...)``: one warm-up call each, then ``rounds``
-    rounds that time every contender in turn over ``inner`` calls; the median over rounds."""
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    for run, *_ in contenders.values():  # warm-up
-        run()
-    for _ in range(rounds):
-        for name, (run, *_) in contenders.items():
-            start = time.perf_counter()
-            for _ in range(inner):
-                run()
-            times[name].append((time.perf_counter() - start) / inner)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def format_table(rows: Sequence[Row]) -> str:
-    head = "| case | contender | ms/step | GB/s | x floor | x optax | compile s | state B/param |"
-    lines = [head, "|" + "---|" * 8]
-    for r in rows:
-        lines.append(
-            f"| {r.case} | {r.name} | {r.ms_per_step:.2f} | {r.gb_per_s:.1f} | {r.vs_floor:.2f} | "
-            f"{r.vs_optax:.2f} | {r.compile_s:.2f} | {r.state_bytes_per_param:.1f} |"
-        )
-    return "\n".join(lines)
-
-
-# A GPT-2-small transformer block (d = 768): attention in/out, MLP in/out, layer norms, biases.
-GPT2_BLOCK = [(768, 2304), (2304,), (768, 768), (768,), (768, 3072), (3072,), (3072, 768)] + [
-    (768,)
-] * 5
-
-
 def bench_8bit(n_params: int, rounds: int, inner: int, leaves: int = 200) -> list[str]:
     """8-bit moments (``quantized_moments``) against float32 adam_jax, side by side.
 
     Step time at ``n_params`` in one flat array and at GPT-2-small block shapes (one block, 7.1M),
     interleaved round by round (median over rounds), and compile time of the jitted step at
-    ``leaves`` leaves of the "transformer" case. Returns the lines of a table of ratios.
+    ``leaves`` leaves of a small transformer. Returns the lines of a table of ratios.
     """
     lines = [
         "| case | float32 ms | 8-bit ms | 8-bit / float32 | float32 B/param | 8-bit B/param |",
@@ -249,29 +410,29 @@ def bench_8bit(n_params: int, rounds: int, inner: int, leaves: int = 200) -> lis
         grads = _params(shapes, "float32", seed=1)
         n = sum(x.size for x in jax.tree.leaves(params))
         contenders = {
-            "f32": _jax_contender(adam_jax.adam(1e-3), params, grads),
-            "8bit": _jax_contender(quantized_moments(adam_jax.adam(1e-3)), params, grads),
+            "f32": _jax_contender(adam_jax.adam(LR), params, grads),
+            "8bit": _jax_contender(quantized_moments(adam_jax.adam(LR)), params, grads),
         }
         ms = {k: v * 1e3 for k, v in _interleaved_medians(contenders, rounds, inner).items()}
         lines.append(
             f"| {case} ({n / 1e6:.1f}M) | {ms['f32']:.2f} | {ms['8bit']:.2f} | "
-            f"{ms['8bit'] / ms['f32']:.2f} | {contenders['f32'][2] / n:.2f} | "
-            f"{contenders['8bit'][2] / n:.3f} |"
+            f"{ms['8bit'] / ms['f32']:.2f} | {contenders['f32'].state_bytes / n:.2f} | "
+            f"{contenders['8bit'].state_bytes / n:.3f} |"
         )
         del contenders
     shapes = _transformer_shapes(16 * 2**20)[:leaves]
     params, grads = _params(shapes, "float32"), _params(shapes, "float32", seed=1)
     compile_s = {}
-    for name, tx in [
-        ("f32", adam_jax.adam(1e-3)),
-        ("8bit", quantized_moments(adam_jax.adam(1e-3))),
-    ]:
-        compile_s[name] = _jax_contender(tx, params, grads)[1]
+    for name, tx in [("f32", adam_jax.adam(LR)), ("8bit", quantized_moments(adam_jax.adam(LR)))]:
+        compile_s[name] = _jax_contender(tx, params, grads).compile_s
     lines.append(
         f"| compile, {len(shapes)} leaves (s) | {compile_s['f32']:.1f} | {compile_s['8bit']:.1f} | "
         f"{compile_s['8bit'] / compile_s['f32']:.2f} | | |"
     )
     return lines
+
+
+# --- command line ----------------------------------------------------------------------------
 
 
 def _at_least_one(text: str) -> int:
@@ -298,8 +459,7 @@ def _writable_json(text: str) -> str:
     return path
 
 
-def _write_json_atomically(path: str, rows: list[Row]) -> None:
-    """The rows plus what produced them, written to a temporary file renamed into place."""
+def _versions() -> dict[str, str | None]:
     import importlib.metadata as metadata
 
     def version(name: str) -> str | None:
@@ -308,12 +468,11 @@ def _write_json_atomically(path: str, rows: list[Row]) -> None:
         except metadata.PackageNotFoundError:
             return None
 
-    record = {
-        "device_kind": jax.devices()[0].device_kind,
-        "backend": jax.default_backend(),
-        "versions": {n: version(n) for n in ("adam-jax", "jax", "jaxlib", "optax", "torch")},
-        "rows": [asdict(r) for r in rows],
-    }
+    return {n: version(n) for n in ("adam-jax", "jax", "jaxlib", "optax", "torch")}
+
+
+def _write_json_atomically(path: str, record: dict) -> None:
+    """``record`` written to a temporary file renamed into place."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(record, f, indent=2)
@@ -321,14 +480,34 @@ def _write_json_atomically(path: str, rows: list[Row]) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    every_case = OPTIMIZER_CASES + TRAIN_CASES
     parser.add_argument(
-        "--params", type=_at_least_one, default=16 * 2**20, help="parameters per case (>= 1)"
+        "--full",
+        action="store_true",
+        help=f"every case ({', '.join(every_case)}) at the large sizes: --params "
+        f"{SIZES['full']['params']}, --leaves {SIZES['full']['leaves']} (default run: "
+        f"{', '.join(DEFAULT_CASES)} at --params {SIZES['default']['params']}, "
+        f"--leaves {SIZES['default']['leaves']})",
+    )
+    parser.add_argument("--cases", nargs="+", default=None, choices=every_case)
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        default=CONTENDERS,
+        choices=CONTENDERS,
+        help="contenders to time besides the references (the floor, optax.adam and, in train "
+        "steps, optax.sgd); default: all",
     )
     parser.add_argument(
-        "--leaves", type=_at_least_one, default=None, help="leaves for the many-leaves case"
+        "--params", type=_at_least_one, default=None, help="size of the one-array case (>= 1)"
+    )
+    parser.add_argument(
+        "--leaves",
+        type=_at_least_one,
+        default=None,
+        help="leaves of the many-leaves (64x64) and train-many-leaves (32x32) cases (>= 1)",
     )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument(
         "--rounds", type=_at_least_one, default=15, help="interleaved rounds (median, >= 1)"
     )
@@ -337,7 +516,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--json",
         type=_writable_json,
         default=None,
-        help="also write the rows, device kind and versions to this JSON file (atomically)",
+        help="also write the rows, device, versions, command and date to this JSON file "
+        "(atomically)",
     )
     parser.add_argument(
         "--8bit",
@@ -350,21 +530,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     print(
-        f"adam-jax bench on {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}"
+        f"adam-jax bench on {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+        f"jax {jax.__version__}",
+        flush=True,
     )
-    if getattr(args, "eight_bit", False):
-        n = args.params if args.params != 16 * 2**20 else 4 * 2**20
+    if args.eight_bit:
+        n = args.params or 4 * 2**20
         print("\n".join(bench_8bit(n, args.rounds, args.inner, args.leaves or 200)), flush=True)
         return 0
-    rows: list[Row] = []
-    for case in args.cases:
-        n = args.params
-        if case == "many-leaves" and args.leaves is not None:
-            n = args.leaves * 4096
-        elif case == "many-leaves":
-            n = 1000 * 4096
-        rows += bench_case(case, n, args.dtype, args.rounds, args.inner)
-        print(format_table([r for r in rows if r.case.startswith(case)]), flush=True)
+    record = {
+        "command": shlex.join(["adam-jax", *sys.argv[1:]]),
+        "arguments": {k: v for k, v in vars(args).items() if k != "func"},
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device_kind": jax.devices()[0].device_kind,
+        "backend": jax.default_backend(),
+        "torch_devices": _torch_devices(),
+        "versions": _versions(),
+        "load_average_at_start": os.getloadavg()[0],
+        "rows": [],
+    }
+    for case in plan(args):
+        rows = bench_case(case, args.dtype, args.contenders, args.rounds, args.inner)
+        print("\n" + format_table(rows), flush=True)
+        record["rows"] += [asdict(r) for r in rows]
+    record["load_average_at_end"] = os.getloadavg()[0]
     if args.json:
-        _write_json_atomically(args.json, rows)
+        _write_json_atomically(args.json, record)
     return 0
