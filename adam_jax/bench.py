@@ -509,9 +509,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument(
-        "--rounds", type=_at_least_one, default=15, help="interleaved rounds (median, >= 1)"
+        "--rounds",
+        type=_at_least_one,
+        default=None,
+        help="interleaved rounds, the median is over them (>= 1; default 11, with --8bit 15)",
     )
-    parser.add_argument("--inner", type=_at_least_one, default=5, help="steps per round (>= 1)")
+    parser.add_argument(
+        "--inner",
+        type=_at_least_one,
+        default=None,
+        help="steps per round and contender (>= 1; default 3, with --8bit 5)",
+    )
     parser.add_argument(
         "--json",
         type=_writable_json,
@@ -535,9 +543,11 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     if args.eight_bit:
-        n = args.params or 4 * 2**20
-        print("\n".join(bench_8bit(n, args.rounds, args.inner, args.leaves or 200)), flush=True)
+        n, leaves = args.params or 4 * 2**20, args.leaves or 200
+        lines = bench_8bit(n, args.rounds or 15, args.inner or 5, leaves)
+        print("\n".join(lines), flush=True)
         return 0
+    rounds, inner = args.rounds or 11, args.inner or 3
     record = {
         "command": shlex.join(["adam-jax", *sys.argv[1:]]),
         "arguments": {k: v for k, v in vars(args).items() if k != "func"},
@@ -550,7 +560,7 @@ def main(args: argparse.Namespace) -> int:
         "rows": [],
     }
     for case in plan(args):
-        rows = bench_case(case, args.dtype, args.contenders, args.rounds, args.inner)
+        rows = bench_case(case, args.dtype, args.contenders, rounds, inner)
         print("\n" + format_table(rows), flush=True)
         record["rows"] += [asdict(r) for r in rows]
     record["load_average_at_end"] = os.getloadavg()[0]

@@ -1,15 +1,24 @@
-"""``adam-jax bench``: arguments are checked before any work, the JSON record is complete.
+"""``adam-jax bench``: arguments are checked before any work, the cases are the documented ones,
+and the JSON record is complete.
 
 Only the command line is tested here; speed is measured by the command itself, never in tests.
+Runs use tiny sizes (``--params``, ``--leaves``, one round of one step).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import subprocess
 import sys
 
 import pytest
+
+import adam_jax
+from adam_jax import bench, cli
+
+TINY = ["--params", "4096", "--leaves", "3", "--rounds", "1", "--inner", "1"]
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
@@ -25,10 +34,14 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
     ("args", "message"),
     [
         (["--params", "0"], "argument --params: 0 is not >= 1"),
+        (["--leaves", "0"], "argument --leaves: 0 is not >= 1"),
         (["--rounds", "0"], "argument --rounds: 0 is not >= 1"),
         (["--inner", "-2"], "argument --inner: -2 is not >= 1"),
         (["--leaves", "x"], "argument --leaves: 'x' is not an integer"),
+        (["--cases", "resnet"], "argument --cases: invalid choice: 'resnet'"),
+        (["--contenders", "sgd"], "argument --contenders: invalid choice: 'sgd'"),
         (["--json", "/nonexistent-folder/out.json"], "does not exist"),
+        (["--json", "/"], "is a folder, not a file"),
     ],
 )
 def test_bad_arguments_exit_2_before_any_work(args, message):
@@ -39,27 +52,134 @@ def test_bad_arguments_exit_2_before_any_work(args, message):
     assert "adam-jax bench on" not in result.stdout  # nothing was measured
 
 
-def test_json_records_rows_device_and_versions(tmp_path):
-    out = tmp_path / "bench.json"
-    result = _bench(
-        "--cases",
+def _plan(*argv: str) -> dict[str, bench.Case]:
+    args = cli.build_parser().parse_args(["bench", *argv])
+    return {case.name: case for case in bench.plan(args)}
+
+
+def test_default_run_selects_the_small_cases():
+    cases = _plan()
+    assert list(cases) == ["one-array", "many-leaves", "train-mlp", "train-many-leaves"]
+    assert cases["one-array"].shapes == ((2**22,),)
+    assert cases["many-leaves"].shapes == ((64, 64),) * 100
+    assert cases["train-many-leaves"].shapes == ((32, 32),) * 100
+    assert [c.kind for c in cases.values()] == ["optimizer step"] * 2 + ["train step"] * 2
+
+
+def test_full_run_selects_every_case_at_the_issue_sizes():
+    cases = _plan("--full")
+    assert list(cases) == [
         "one-array",
-        "--params",
-        "4096",
-        "--rounds",
-        "1",
-        "--inner",
-        "1",
-        "--json",
-        str(out),
+        "many-leaves",
+        "gpt2-small",
+        "train-mlp",
+        "train-many-leaves",
+    ]
+    assert cases["one-array"].shapes == ((2**24,),)
+    assert cases["many-leaves"].shapes == ((64, 64),) * 1000
+    assert cases["train-many-leaves"].shapes == ((32, 32),) * 1000
+    gpt2 = cases["gpt2-small"].shapes
+    # GPT-2 small (tied embeddings): 148 tensors, 124,439,808 parameters as published.
+    assert len(gpt2) == 148
+    assert sum(math.prod(s) for s in gpt2) == 124_439_808
+    # The paper's MLP 784-1000-1000-10: weights and biases.
+    assert sum(math.prod(s) for s in cases["train-mlp"].shapes) == (
+        784 * 1000 + 1000 + 1000 * 1000 + 1000 + 1000 * 10 + 10
     )
+
+
+def test_sizes_and_cases_given_on_the_command_line_win():
+    cases = _plan("--full", "--cases", "many-leaves", "one-array", "--leaves", "7", "--params", "9")
+    assert list(cases) == ["many-leaves", "one-array"]
+    assert cases["many-leaves"].shapes == ((64, 64),) * 7
+    assert cases["one-array"].shapes == ((9,),)
+
+
+def test_json_records_rows_device_versions_and_command(tmp_path):
+    out = tmp_path / "bench.json"
+    result = _bench(*TINY, "--json", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads(out.read_text())
-    assert record["device_kind"] and record["backend"] == "cpu"
-    assert set(record["versions"]) == {"adam-jax", "jax", "jaxlib", "optax", "torch"}
-    contenders = {row["name"] for row in record["rows"]}
-    assert {"optax.adam", "adam_jax.adam"} <= contenders
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # no temporary file left
+    assert record["device_kind"] and record["backend"] == "cpu"
+    assert record["torch_devices"] == ["cpu"]
+    assert set(record["versions"]) == {"adam-jax", "jax", "jaxlib", "optax", "torch"}
+    assert record["versions"]["adam-jax"] == adam_jax.__version__
+    assert record["command"].startswith("adam-jax bench --params 4096")
+    assert record["arguments"]["leaves"] == 3 and record["date"].startswith("20")
+    assert set(record["rows"][0]) == {f.name for f in dataclasses.fields(bench.Row)}
+
+    by_case: dict[str, dict[str, dict]] = {}
+    for row in record["rows"]:
+        by_case.setdefault(row["case"], {})[row["contender"]] = row
+    assert list(by_case) == [
+        "one-array (1 leaves, 0.0M)",
+        "many-leaves (3 leaves, 0.0M)",
+        "train-mlp (6 leaves, 1.8M)",
+        "train-many-leaves (3 leaves, 0.0M)",
+    ]
+    jax_contenders = [
+        "optax.adam",
+        "optax.flatten(optax.adam)",
+        "adam_jax.adam",
+        "adam_jax.adam, bf16 moments",
+        "adam_jax.adam, 8-bit moments",
+    ] + (["adam_jax.adam, flat moments"] if hasattr(adam_jax, "flat_moments") else [])
+    torch_contenders = ["torch fused Adam (cpu)", "torch foreach Adam (cpu)"]
+    for case, rows in by_case.items():
+        if case.startswith("train-"):  # train steps: the SGD baseline and the overhead over it
+            assert list(rows) == ["optax.sgd", *jax_contenders]
+            assert rows["optax.sgd"]["overhead_ms"] == 0.0
+            assert rows["optax.adam"]["overhead_vs_optax"] == 1.0
+            for name, row in rows.items():
+                assert row["kind"] == "train step" and row["vs_floor"] is None
+                assert row["overhead_ms"] == pytest.approx(
+                    row["ms_per_step"] - rows["optax.sgd"]["ms_per_step"]
+                ), name
+        else:  # optimizer steps: the floor, and torch on the same leaves
+            assert list(rows) == ["floor", *jax_contenders, *torch_contenders]
+            assert rows["floor"]["vs_floor"] == 1.0 and rows["floor"]["state_bytes_per_param"] == 0
+            for row in rows.values():
+                assert row["kind"] == "optimizer step" and row["overhead_ms"] is None
+            for name in torch_contenders:
+                assert rows[name]["compile_s"] is None  # eager
+        assert rows["optax.adam"]["vs_optax"] == 1.0
+        assert rows["optax.adam"]["compile_vs_optax"] == 1.0
+        assert rows["optax.adam"]["state_bytes_per_param"] == pytest.approx(8.0, abs=0.01)
+        assert rows["adam_jax.adam, bf16 moments"]["state_bytes_per_param"] == pytest.approx(
+            4.0, abs=0.01
+        )
+    # printed as Markdown tables, one per case, train steps with the overhead columns
+    assert result.stdout.count("\n|" + "---|" * 7 + "\n") == 4
+    assert "| train step: train-mlp (6 leaves, 1.8M) | ms/step | overhead ms |" in result.stdout
+
+
+def test_contenders_selects_a_subset_besides_the_references(tmp_path):
+    out = tmp_path / "bench.json"
+    args = [*TINY, "--cases", "one-array", "train-many-leaves", "--contenders", "adam_jax"]
+    result = _bench(*args, "--json", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = [(r["case"].split()[0], r["contender"]) for r in json.loads(out.read_text())["rows"]]
+    assert names == [
+        ("one-array", "floor"),
+        ("one-array", "optax.adam"),
+        ("one-array", "adam_jax.adam"),
+        ("train-many-leaves", "optax.sgd"),
+        ("train-many-leaves", "optax.adam"),
+        ("train-many-leaves", "adam_jax.adam"),
+    ]
+
+
+def test_8bit_comparison_prints_its_table():
+    result = _bench("--8bit", "--params", "4096", "--leaves", "2", "--rounds", "1", "--inner", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("| case | float32 ms | 8-bit ms | 8-bit / float32 |")
+    assert [line.split(" |")[0] for line in lines[3:]] == [
+        "| 0M flat (0.0M)",
+        "| GPT-2 block (7.1M)",
+        "| compile, 2 leaves (s)",
+    ]
 
 
 def test_ctrl_c_during_bench_exits_130_with_one_line():
@@ -81,11 +201,10 @@ def test_ctrl_c_during_bench_exits_130_with_one_line():
 
 
 def test_readme_bench_table_is_the_committed_record_of_this_version():
-    """The README's CPU table is generated from results/bench/cpu.json, measured by this version."""
+    """The README's CPU tables are generated from results/bench/cpu.json, measured by this
+    version with the default command."""
     from importlib import metadata
     from pathlib import Path
-
-    from adam_jax.bench import Row, format_table
 
     root = Path(__file__).resolve().parent.parent
     record = json.loads((root / "results" / "bench" / "cpu.json").read_text())
@@ -96,4 +215,4 @@ def test_readme_bench_table_is_the_committed_record_of_this_version():
     readme = (root / "README.md").read_text()
     start = "<!-- bench table: generated from results/bench/cpu.json -->"
     block = readme[readme.index(start) + len(start) : readme.index("<!-- end of bench table -->")]
-    assert block.strip() == format_table([Row(**r) for r in record["rows"]])
+    assert block.strip() == bench.format_table([bench.Row(**r) for r in record["rows"]])
