@@ -241,17 +241,15 @@ def _torch_devices() -> list[str]:
 JAX_CONTENDERS: dict[str, tuple[str, Callable[[], optax.GradientTransformation]]] = {
     "optax-flatten": ("optax.flatten(optax.adam)", lambda: optax.flatten(optax.adam(LR))),
     "adam_jax": ("adam_jax.adam", lambda: adam_jax.adam(LR)),
+    "flat": ("adam_jax.adam, flat moments", lambda: adam_jax.flat_moments(adam_jax.adam(LR))),
     "bf16": (
         "adam_jax.adam, bf16 moments",
         lambda: adam_jax.adam(LR, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
     ),
     "8bit": ("adam_jax.adam, 8-bit moments", lambda: quantized_moments(adam_jax.adam(LR))),
 }
-if hasattr(adam_jax, "flat_moments"):
-    JAX_CONTENDERS["flat"] = (
-        "adam_jax.adam, flat moments",
-        lambda: adam_jax.flat_moments(adam_jax.adam(LR)),
-    )
+if not hasattr(adam_jax, "flat_moments"):  # until adam_jax.flat_moments is merged
+    del JAX_CONTENDERS["flat"]
 TORCH_CONTENDERS = {"torch-fused": "fused", "torch-foreach": "foreach"}
 CONTENDERS = [*JAX_CONTENDERS, *TORCH_CONTENDERS]
 
@@ -266,15 +264,13 @@ def build_contenders(case: Case, dtype: str, selected: Sequence[str]) -> dict[st
         data, loss = _batch(case.model, dtype), LOSSES[case.model]
         contenders = {"optax.sgd": _jax_contender(optax.sgd(LR), params, data, loss)}
     contenders["optax.adam"] = _jax_contender(optax.adam(LR), params, data, loss)
-    for key in selected:
-        if key in JAX_CONTENDERS:
-            name, make_tx = JAX_CONTENDERS[key]
+    for key, (name, make_tx) in JAX_CONTENDERS.items():
+        if key in selected:
             contenders[name] = _jax_contender(make_tx(), params, data, loss)
     if case.model is None:  # torch runs the optimizer step only
         for device in _torch_devices():
-            for key in selected:
-                if key in TORCH_CONTENDERS:
-                    impl = TORCH_CONTENDERS[key]
+            for key, impl in TORCH_CONTENDERS.items():
+                if key in selected:
                     name = f"torch {impl} Adam ({device})"
                     contenders[name] = _torch_contender(params, data, impl, device)
     return contenders

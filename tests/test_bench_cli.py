@@ -118,13 +118,15 @@ def test_json_records_rows_device_versions_and_command(tmp_path):
         "train-mlp (6 leaves, 1.8M)",
         "train-many-leaves (3 leaves, 0.0M)",
     ]
+    flat = ["adam_jax.adam, flat moments"] if hasattr(adam_jax, "flat_moments") else []
     jax_contenders = [
         "optax.adam",
         "optax.flatten(optax.adam)",
         "adam_jax.adam",
+        *flat,
         "adam_jax.adam, bf16 moments",
         "adam_jax.adam, 8-bit moments",
-    ] + (["adam_jax.adam, flat moments"] if hasattr(adam_jax, "flat_moments") else [])
+    ]
     torch_contenders = ["torch fused Adam (cpu)", "torch foreach Adam (cpu)"]
     for case, rows in by_case.items():
         if case.startswith("train-"):  # train steps: the SGD baseline and the overhead over it
@@ -156,7 +158,7 @@ def test_json_records_rows_device_versions_and_command(tmp_path):
 
 def test_contenders_selects_a_subset_besides_the_references(tmp_path):
     out = tmp_path / "bench.json"
-    args = [*TINY, "--cases", "one-array", "train-many-leaves", "--contenders", "adam_jax"]
+    args = [*TINY, "--cases", "one-array", "train-many-leaves", "--contenders", "8bit", "adam_jax"]
     result = _bench(*args, "--json", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     names = [(r["case"].split()[0], r["contender"]) for r in json.loads(out.read_text())["rows"]]
@@ -164,9 +166,11 @@ def test_contenders_selects_a_subset_besides_the_references(tmp_path):
         ("one-array", "floor"),
         ("one-array", "optax.adam"),
         ("one-array", "adam_jax.adam"),
+        ("one-array", "adam_jax.adam, 8-bit moments"),
         ("train-many-leaves", "optax.sgd"),
         ("train-many-leaves", "optax.adam"),
         ("train-many-leaves", "adam_jax.adam"),
+        ("train-many-leaves", "adam_jax.adam, 8-bit moments"),
     ]
 
 
