@@ -236,6 +236,15 @@ def _torch_devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
+def _torch_threads() -> int | None:
+    """torch's intra-op threads: on a loaded machine more than one can slow torch down many-fold."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.get_num_threads()
+
+
 # Selectable contenders: the name in --contenders -> (row name, transformation). The floor (in
 # optimizer steps), optax.adam and, in train steps, optax.sgd are always timed: ratios refer to them.
 JAX_CONTENDERS: dict[str, tuple[str, Callable[[], optax.GradientTransformation]]] = {
@@ -551,6 +560,7 @@ def main(args: argparse.Namespace) -> int:
         "device_kind": jax.devices()[0].device_kind,
         "backend": jax.default_backend(),
         "torch_devices": _torch_devices(),
+        "torch_threads": _torch_threads(),
         "versions": _versions(),
         "load_average_at_start": os.getloadavg()[0],
         "rows": [],

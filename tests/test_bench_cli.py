@@ -102,7 +102,7 @@ def test_json_records_rows_device_versions_and_command(tmp_path):
     record = json.loads(out.read_text())
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # no temporary file left
     assert record["device_kind"] and record["backend"] == "cpu"
-    assert record["torch_devices"] == ["cpu"]
+    assert record["torch_devices"] == ["cpu"] and record["torch_threads"] >= 1
     assert set(record["versions"]) == {"adam-jax", "jax", "jaxlib", "optax", "torch"}
     assert record["versions"]["adam-jax"] == adam_jax.__version__
     assert record["command"].startswith("adam-jax bench --params 4096")
