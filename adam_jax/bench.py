@@ -555,7 +555,11 @@ def main(args: argparse.Namespace) -> int:
     rounds, inner = args.rounds or 11, args.inner or 3
     record = {
         "command": shlex.join(["adam-jax", *sys.argv[1:]]),
-        "arguments": {k: v for k, v in vars(args).items() if k != "func"},
+        "arguments": {
+            **{k: v for k, v in vars(args).items() if k not in ("func", "command", "json")},
+            "rounds": rounds,
+            "inner": inner,
+        },
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device_kind": jax.devices()[0].device_kind,
         "backend": jax.default_backend(),

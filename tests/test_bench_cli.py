@@ -106,7 +106,8 @@ def test_json_records_rows_device_versions_and_command(tmp_path):
     assert set(record["versions"]) == {"adam-jax", "jax", "jaxlib", "optax", "torch"}
     assert record["versions"]["adam-jax"] == adam_jax.__version__
     assert record["command"].startswith("adam-jax bench --params 4096")
-    assert record["arguments"]["leaves"] == 3 and record["date"].startswith("20")
+    assert record["arguments"]["leaves"] == 3 and record["arguments"]["rounds"] == 1
+    assert "json" not in record["arguments"] and record["date"].startswith("20")
     assert set(record["rows"][0]) == {f.name for f in dataclasses.fields(bench.Row)}
 
     by_case: dict[str, dict[str, dict]] = {}
