@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import math
+import operator
 import os
 import shlex
 import statistics
@@ -288,9 +289,9 @@ def build_contenders(case: Case, dtype: str, selected: Sequence[str]) -> dict[st
 # --- timing and results ----------------------------------------------------------------------
 
 
-def _interleaved_medians(contenders: dict, rounds: int, inner: int) -> dict[str, float]:
-    """Seconds per step of each ``Contender``: one warm-up call each, then ``rounds`` rounds
-    that time every contender in turn over ``inner`` calls; the median over rounds."""
+def _interleaved_times(contenders: dict, rounds: int, inner: int) -> dict[str, list[float]]:
+    """Seconds per step of each ``Contender`` in each round: one warm-up call each, then
+    ``rounds`` rounds that time every contender in turn over ``inner`` calls."""
     times: dict[str, list[float]] = {k: [] for k in contenders}
     for c in contenders.values():  # warm-up
         c.run()
@@ -300,7 +301,19 @@ def _interleaved_medians(contenders: dict, rounds: int, inner: int) -> dict[str,
             for _ in range(inner):
                 c.run()
             times[name].append((time.perf_counter() - start) / inner)
+    return times
+
+
+def _interleaved_medians(contenders: dict, rounds: int, inner: int) -> dict[str, float]:
+    """The median over rounds of ``_interleaved_times``."""
+    times = _interleaved_times(contenders, rounds, inner)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _paired(times: dict[str, list[float]], name: str, ref: str, op) -> float:
+    """The median over rounds of ``op(name's time, ref's time)`` in the same round: drift of a
+    shared machine between rounds cancels."""
+    return statistics.median(op(a, b) for a, b in zip(times[name], times[ref], strict=True))
 
 
 @dataclass
@@ -309,9 +322,9 @@ class Row:
     kind: str  # "optimizer step" or "train step"
     contender: str
     ms_per_step: float
-    vs_optax: float  # step time / optax.adam's
-    vs_floor: float | None  # optimizer steps: step time / the floor's
-    overhead_ms: float | None  # train steps: step time - optax.sgd's
+    vs_optax: float  # step time / optax.adam's (median over rounds)
+    vs_floor: float | None  # optimizer steps: step time / the floor's (median over rounds)
+    overhead_ms: float | None  # train steps: step time - optax.sgd's (median over rounds)
     overhead_vs_optax: float | None  # train steps: overhead / optax.adam's overhead
     compile_s: float | None  # None: eager (torch)
     compile_vs_optax: float | None
@@ -319,27 +332,29 @@ class Row:
 
 
 def bench_case(case: Case, dtype: str, selected: Sequence[str], rounds: int, inner: int):
+    """Rows of one case. Ratios and overheads are medians of per-round ratios and differences."""
     contenders = build_contenders(case, dtype, selected)
-    med = _interleaved_medians(contenders, rounds, inner)
+    times = _interleaved_times(contenders, rounds, inner)
     n = sum(math.prod(s) for s in case.shapes)
-    optax_c = contenders["optax.adam"]
-    base = med.get("optax.sgd")
+    compile_optax = contenders["optax.adam"].compile_s
+    train = "optax.sgd" in times
+    if train:  # the optimizer's overhead: a step minus the same step with stateless SGD
+        optax_overhead = _paired(times, "optax.adam", "optax.sgd", operator.sub)
     rows = []
     for name, c in contenders.items():
-        overhead = None if base is None else med[name] - base
-        optax_overhead = None if base is None else med["optax.adam"] - base
+        overhead = _paired(times, name, "optax.sgd", operator.sub) if train else None
         rows.append(
             Row(
                 case=case.label,
                 kind=case.kind,
                 contender=name,
-                ms_per_step=med[name] * 1e3,
-                vs_optax=med[name] / med["optax.adam"],
-                vs_floor=med[name] / med["floor"] if "floor" in med else None,
+                ms_per_step=statistics.median(times[name]) * 1e3,
+                vs_optax=_paired(times, name, "optax.adam", operator.truediv),
+                vs_floor=None if train else _paired(times, name, "floor", operator.truediv),
                 overhead_ms=None if overhead is None else overhead * 1e3,
                 overhead_vs_optax=None if overhead is None else overhead / optax_overhead,
                 compile_s=c.compile_s,
-                compile_vs_optax=None if c.compile_s is None else c.compile_s / optax_c.compile_s,
+                compile_vs_optax=None if c.compile_s is None else c.compile_s / compile_optax,
                 state_bytes_per_param=c.state_bytes / n,
             )
         )

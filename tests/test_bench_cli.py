@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import operator
 import subprocess
 import sys
 
@@ -134,11 +135,9 @@ def test_json_records_rows_device_versions_and_command(tmp_path):
             assert list(rows) == ["optax.sgd", *jax_contenders]
             assert rows["optax.sgd"]["overhead_ms"] == 0.0
             assert rows["optax.adam"]["overhead_vs_optax"] == 1.0
-            for name, row in rows.items():
+            for row in rows.values():
                 assert row["kind"] == "train step" and row["vs_floor"] is None
-                assert row["overhead_ms"] == pytest.approx(
-                    row["ms_per_step"] - rows["optax.sgd"]["ms_per_step"]
-                ), name
+                assert row["overhead_ms"] is not None and row["overhead_vs_optax"] is not None
         else:  # optimizer steps: the floor, and torch on the same leaves
             assert list(rows) == ["floor", *jax_contenders, *torch_contenders]
             assert rows["floor"]["vs_floor"] == 1.0 and rows["floor"]["state_bytes_per_param"] == 0
@@ -221,3 +220,10 @@ def test_readme_bench_table_is_the_committed_record_of_this_version():
     start = "<!-- bench table: generated from results/bench/cpu.json -->"
     block = readme[readme.index(start) + len(start) : readme.index("<!-- end of bench table -->")]
     assert block.strip() == bench.format_table([bench.Row(**r) for r in record["rows"]])
+
+
+def test_ratios_and_overheads_pair_the_rounds():
+    """Per-round differences and ratios, then the median: drift between rounds cancels."""
+    times = {"adam": [3.0, 10.0, 5.0], "sgd": [1.0, 2.0, 4.0]}
+    assert bench._paired(times, "adam", "sgd", operator.sub) == 2.0  # median of 2, 8, 1
+    assert bench._paired(times, "adam", "sgd", operator.truediv) == 3.0  # median of 3, 5, 1.25
