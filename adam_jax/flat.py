@@ -90,7 +90,7 @@ class _Layout(NamedTuple):
         flat = jax.lax.optimization_barrier(flat)
         offsets: dict[str, int] = {}
         leaves = []
-        for key, shape, ref in zip(self.keys, self.shapes, self.treedef.flatten_up_to(like), strict=True):
+        for key, shape in zip(self.keys, self.shapes, strict=True):
             if key in self.own:
                 leaf = flat[key]
             else:
@@ -159,6 +159,7 @@ def flat_shardings(params_shardings: PyTree, params: PyTree, replicated: Any) ->
     buffer keeps its parameter's sharding, a group buffer is ``replicated``."""
     layout = _Layout.of(params)
     out = {}
-    for key, sharding in zip(layout.keys, layout.treedef.flatten_up_to(params_shardings), strict=True):
+    shardings = layout.treedef.flatten_up_to(params_shardings)
+    for key, sharding in zip(layout.keys, shardings, strict=True):
         out[key] = sharding if key in layout.own else replicated
     return out
