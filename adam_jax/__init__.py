@@ -4,6 +4,7 @@ from adam_jax._hyperparams import Hyperparams, hyperparams
 from adam_jax.aliases import adam, adamax, adamw
 from adam_jax.averaging import TemporalAveragingState, averaged_params, temporal_averaging
 from adam_jax.checkpoint import checkpoint_fingerprint, restore_checkpoint, save_checkpoint
+from adam_jax.flat import FlatMomentsState, flat_moments
 from adam_jax.kahan import KahanSummationState, kahan_summation
 from adam_jax.monitoring import MonitorState, StepStats, monitor, step_stats
 from adam_jax.quantize import QuantizedMomentsState, quantized_moments
@@ -33,6 +34,7 @@ __version__ = _installed_version()
 
 __all__ = [
     "BiasCorrectionState",
+    "FlatMomentsState",
     "Hyperparams",
     "KahanSummationState",
     "MonitorState",
@@ -47,6 +49,7 @@ __all__ = [
     "averaged_params",
     "bias_correction",
     "checkpoint_fingerprint",
+    "flat_moments",
     "hyperparams",
     "inverse_sqrt_schedule",
     "kahan_summation",

@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.typing import ArrayLike, DTypeLike
 
@@ -104,7 +105,7 @@ def saturate(x: jax.Array, dtype: DTypeLike) -> jax.Array:
 def cast_like(tree: PyTree, like: PyTree) -> PyTree:
     """Cast each leaf of ``tree`` to the dtype of the matching leaf of ``like`` (state storage),
     saturating at the storage dtype's largest finite value (see the module docstring)."""
-    return jax.tree.map(lambda x, ref: saturate(x, ref.dtype).astype(ref.dtype), tree, like)
+    return jax.tree.map(lambda x, ref: _astype(saturate(x, ref.dtype), ref.dtype), tree, like)
 
 
 def cast_to_updates(tree: PyTree, updates: PyTree) -> PyTree:
@@ -118,7 +119,7 @@ def cast_to_updates(tree: PyTree, updates: PyTree) -> PyTree:
         dtype = jnp.result_type(g)
         if jnp.iscomplexobj(x) and not jnp.issubdtype(dtype, jnp.complexfloating):
             x = jnp.real(x)
-        return x.astype(dtype)
+        return _astype(x, dtype)
 
     return jax.tree.map(one, tree, updates)
 
@@ -144,11 +145,11 @@ def update_moment(updates: PyTree, moments: PyTree, decay: ArrayLike, order: int
     def one(g: ArrayLike, m: ArrayLike) -> jax.Array:
         g, m = jnp.asarray(g), jnp.asarray(m)
         dtype = compute_dtype(g.dtype, m.dtype)
-        g = g.astype(dtype)
+        g = _astype(g, dtype)
         if order == 1:
-            return _as_real(decay, dtype) * m.astype(dtype) + _one_minus(decay, dtype) * g
+            return _as_real(decay, dtype) * _astype(m, dtype) + _one_minus(decay, dtype) * g
         x = _abs_pow(_sqrt_one_minus(decay, dtype) * g, 2)  # (1-decay)|g|^2, overflow-safe
-        v = _as_real(decay, x.dtype) * m.astype(x.dtype) + x
+        v = _as_real(decay, x.dtype) * _astype(m, x.dtype) + x
         largest = jnp.finfo(x.dtype).max
         # Saturate instead of inf (NaN stays NaN). Written as a select: with jnp.minimum, XLA:CPU
         # re-computed v inside the parameter update and copied every donated v buffer (measured).
@@ -228,9 +229,21 @@ def safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
     return jnp.where(zero, jnp.zeros_like(num), num / jnp.where(zero, jnp.ones_like(den), den))
 
 
-def _as_real(value: ArrayLike, dtype: DTypeLike) -> jax.Array:
-    """A hyperparameter as a scalar of the real dtype matching ``dtype``."""
-    return jnp.asarray(value).astype(jnp.finfo(dtype).dtype)
+def _as_real(value: ArrayLike, dtype: DTypeLike) -> ArrayLike:
+    """A hyperparameter as a scalar of the real dtype matching ``dtype``.
+
+    A Python number becomes a NumPy scalar: a constant of the traced program that costs no JAX
+    operation per leaf while tracing (a model of 1000 leaves traces every formula 1000 times).
+    """
+    real = jnp.finfo(dtype).dtype
+    if _validate.is_concrete_number(value):
+        return np.asarray(value, real)
+    return _astype(jnp.asarray(value), real)
+
+
+def _astype(x: jax.Array, dtype: DTypeLike) -> jax.Array:
+    """``x`` in ``dtype``; ``x`` itself when it already is (no operation traced)."""
+    return x if x.dtype == dtype else x.astype(dtype)
 
 
 def _one_minus(value: ArrayLike, dtype: DTypeLike) -> jax.Array:
@@ -241,7 +254,7 @@ def _one_minus(value: ArrayLike, dtype: DTypeLike) -> jax.Array:
     """
     real = jnp.finfo(dtype).dtype
     if _validate.is_concrete_number(value):
-        return jnp.asarray(1.0 - float(value), real)
+        return np.asarray(1.0 - float(value), real)
     return 1 - jnp.asarray(value).astype(real)
 
 
@@ -249,7 +262,7 @@ def _sqrt_one_minus(value: ArrayLike, dtype: DTypeLike) -> jax.Array:
     """sqrt(1 - value) in the real dtype matching ``dtype`` (float64 arithmetic for numbers)."""
     real = jnp.finfo(dtype).dtype
     if _validate.is_concrete_number(value):
-        return jnp.asarray(math.sqrt(1.0 - float(value)), real)
+        return np.asarray(math.sqrt(1.0 - float(value)), real)
     return jnp.sqrt(1 - jnp.asarray(value).astype(real))
 
 
