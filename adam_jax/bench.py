@@ -258,8 +258,6 @@ JAX_CONTENDERS: dict[str, tuple[str, Callable[[], optax.GradientTransformation]]
     ),
     "8bit": ("adam_jax.adam, 8-bit moments", lambda: quantized_moments(adam_jax.adam(LR))),
 }
-if not hasattr(adam_jax, "flat_moments"):  # until adam_jax.flat_moments is merged
-    del JAX_CONTENDERS["flat"]
 TORCH_CONTENDERS = {"torch-fused": "fused", "torch-foreach": "foreach"}
 CONTENDERS = [*JAX_CONTENDERS, *TORCH_CONTENDERS]
 

@@ -120,12 +120,11 @@ def test_json_records_rows_device_versions_and_command(tmp_path):
         "train-mlp (6 leaves, 1.8M)",
         "train-many-leaves (3 leaves, 0.0M)",
     ]
-    flat = ["adam_jax.adam, flat moments"] if hasattr(adam_jax, "flat_moments") else []
     jax_contenders = [
         "optax.adam",
         "optax.flatten(optax.adam)",
         "adam_jax.adam",
-        *flat,
+        "adam_jax.adam, flat moments",
         "adam_jax.adam, bf16 moments",
         "adam_jax.adam, 8-bit moments",
     ]
