@@ -7,8 +7,9 @@ is compared with the same step under stateless SGD (``optax.sgd``): the differen
 optimizer's overhead. Params and state are donated in every jitted step.
 
 Every contender of a case is compiled first, then timed in the same process, interleaved round by
-round, and reported as the median over rounds (warm-up and compilation excluded), so the ratios
-are comparable even on a shared, noisy machine.
+round (warm-up and compilation excluded). Step times are medians over rounds; ratios and overheads
+are medians of the per-round ratios and differences, so a shared, noisy machine's drift between
+rounds cancels.
 """
 
 from __future__ import annotations
@@ -229,21 +230,20 @@ def _torch_contender(params, grads, impl: str, device: str) -> Contender:
     return Contender(run, None, n_bytes)
 
 
-def _torch_devices() -> list[str]:
-    try:
-        import torch
-    except ImportError:
-        return []
-    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-
-
-def _torch_threads() -> int | None:
-    """torch's intra-op threads: on a loaded machine more than one can slow torch down many-fold."""
+def _torch():
+    """The torch module, or None when torch is not installed."""
     try:
         import torch
     except ImportError:
         return None
-    return torch.get_num_threads()
+    return torch
+
+
+def _torch_devices() -> list[str]:
+    torch = _torch()
+    if torch is None:
+        return []
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
 # Selectable contenders: the name in --contenders -> (row name, transformation). The floor (in
@@ -577,7 +577,8 @@ def main(args: argparse.Namespace) -> int:
         "device_kind": jax.devices()[0].device_kind,
         "backend": jax.default_backend(),
         "torch_devices": _torch_devices(),
-        "torch_threads": _torch_threads(),
+        # torch's intra-op threads: on a loaded machine, more than one can slow torch many-fold
+        "torch_threads": None if _torch() is None else _torch().get_num_threads(),
         "versions": _versions(),
         "load_average_at_start": os.getloadavg()[0],
         "rows": [],
