@@ -507,14 +507,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{', '.join(DEFAULT_CASES)} at --params {SIZES['default']['params']}, "
         f"--leaves {SIZES['default']['leaves']})",
     )
-    parser.add_argument("--cases", nargs="+", default=None, choices=every_case)
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=None,
+        choices=every_case,
+        metavar="CASE",
+        help=f"cases to run, of: {', '.join(every_case)}",
+    )
     parser.add_argument(
         "--contenders",
         nargs="+",
         default=CONTENDERS,
         choices=CONTENDERS,
-        help="contenders to time besides the references (the floor, optax.adam and, in train "
-        "steps, optax.sgd); default: all",
+        metavar="NAME",
+        help=f"contenders to time besides the references (the floor, optax.adam and, in train "
+        f"steps, optax.sgd), of: {', '.join(CONTENDERS)}; default: all",
     )
     parser.add_argument(
         "--params", type=_at_least_one, default=None, help="size of the one-array case (>= 1)"
@@ -525,7 +533,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="leaves of the many-leaves (64x64) and train-many-leaves (32x32) cases (>= 1)",
     )
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype of the parameters (default float32)",
+    )
     parser.add_argument(
         "--rounds",
         type=_at_least_one,
