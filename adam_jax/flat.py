@@ -42,7 +42,10 @@ class FlatMomentsState(NamedTuple):
 
 def _explicit_spec(x: Any) -> tuple | None:
     """The partition spec of ``x`` when it is partitioned over ``Explicit`` mesh axes, else None."""
-    sharding = getattr(jax.typeof(x), "sharding", None)
+    if isinstance(x, jax.ShapeDtypeStruct):
+        sharding = x.sharding
+    else:
+        sharding = getattr(jax.typeof(x), "sharding", None)
     mesh = getattr(sharding, "mesh", None)
     if mesh is None or not any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ())):
         return None
@@ -134,6 +137,10 @@ def flat_moments(tx: optax.GradientTransformation) -> optax.GradientTransformati
         )
 
     def init_fn(params: optax.Params) -> FlatMomentsState:
+        if _is_params_placeholder(params):
+            # optax.tree_utils.tree_map_params probes init with a placeholder for the parameter
+            # tree. No tree of this state has the parameters' structure: one opaque leaf says so.
+            return FlatMomentsState(_NOT_PARAMS)
         _tree.check_float_params(params, "flat_moments")
         layout = _Layout.of(params)
         return FlatMomentsState(tx.init(layout.flatten(params)))
@@ -152,6 +159,13 @@ def flat_moments(tx: optax.GradientTransformation) -> optax.GradientTransformati
         return layout.unflatten(flat_updates, updates), FlatMomentsState(inner)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+_NOT_PARAMS = "flat_moments: no parameter-shaped tree"
+
+
+def _is_params_placeholder(params: Any) -> bool:
+    return type(params).__name__ == "_ParamsPlaceholder" and not jax.tree.leaves(params)
 
 
 def flat_shardings(params_shardings: PyTree, params: PyTree, replicated: Any) -> dict[str, Any]:
