@@ -15,7 +15,7 @@ import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
-from adam_jax.flat import FlatMomentsState, flat_shardings
+from adam_jax.flat import FlatMomentsState, buffer_sharding
 from adam_jax.quantize import QuantizedMoment, block_axis_partition, block_layout
 
 PyTree = Any
@@ -117,26 +117,26 @@ def state_sharding(tx: optax.GradientTransformation, params: PyTree) -> PyTree:
     )
     is_flat = lambda x: isinstance(x, FlatMomentsState)
     return jax.tree.map(
-        lambda out, node: (
-            _flat_state(node, params, shardings, replicated) if is_flat(node) else out
-        ),
+        lambda out, node: _flat_state(node, shardings, replicated) if is_flat(node) else out,
         result,
         abstract_state,
         is_leaf=lambda x: is_flat(x) or isinstance(x, Sharding),
     )
 
 
-def _flat_state(node: FlatMomentsState, params: PyTree, shardings: PyTree, replicated: Sharding):
+def _flat_state(node: FlatMomentsState, shardings: PyTree, replicated: Sharding):
     """Shardings of a :func:`adam_jax.flat_moments` state: in its inner state, every dict keyed
     by the flat buffers (a moment, its codes) follows the buffers' shardings; the rest is
     replicated."""
-    buffers = flat_shardings(shardings, params, replicated)
-    is_buffers = lambda x: isinstance(x, dict) and x and set(x) == set(buffers)
+    buffer = lambda key: buffer_sharding(key, shardings, replicated)
+    is_buffers = lambda x: (
+        isinstance(x, dict) and x and all(isinstance(k, str) and buffer(k) is not None for k in x)
+    )
 
     def one(x: Any) -> Any:
         if not is_buffers(x):
             return replicated
-        return {k: _like_param(v, buffers[k], replicated) for k, v in x.items()}
+        return {k: _like_param(v, buffer(k), replicated) for k, v in x.items()}
 
     return FlatMomentsState(
         jax.tree.map(

@@ -142,6 +142,22 @@ def test_many_leaves_become_a_few_buffers():
     assert adam_jax.quantize.state_bytes(state) == adam_jax.quantize.state_bytes(default)
 
 
+def test_large_leaves_keep_their_own_buffers():
+    params = {"big": jnp.ones((300, 300)), "small": jnp.ones((4,)), "tiny": jnp.ones((2, 2))}
+    grads = jax.tree.map(lambda p: p * 0.3, params)
+    for max_leaf_size, keys in [(2**16, {"['big']", "float32"}), (None, {"float32"})]:
+        tx = adam_jax.flat_moments(adam_jax.adam(1e-2), max_leaf_size=max_leaf_size)
+        state = tx.init(params)
+        mu = state.inner_state[0].mu
+        assert set(mu) == keys
+        if "['big']" in mu:
+            assert mu["['big']"].shape == (300, 300) and mu["float32"].shape == (8,)
+        updates, _ = jax.jit(tx.update)(grads, state, params)
+        reference, _ = adam_jax.adam(1e-2).update(grads, adam_jax.adam(1e-2).init(params))
+        for k in params:
+            np.testing.assert_allclose(np.asarray(updates[k]), np.asarray(reference[k]), rtol=1e-6)
+
+
 def test_mixed_dtypes_get_one_buffer_per_compute_dtype():
     params = {
         "a": jnp.ones((3,), jnp.float32),
@@ -288,6 +304,9 @@ def test_bad_arguments():
         TypeError, match=r"flat_moments: tx must be an optax\.GradientTransformation"
     ):
         adam_jax.flat_moments(lambda p: p)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match=r"max_leaf_size=.* integer >= 0 or None"):
+            adam_jax.flat_moments(adam_jax.adam(1e-3), max_leaf_size=bad)
     with pytest.raises(TypeError, match=r"parameter leaf \['n'\] has dtype int32"):
         adam_jax.flat_moments(adam_jax.adam(1e-3)).init({"n": jnp.ones(3, jnp.int32)})
     tx = adam_jax.flat_moments(adam_jax.adam(1e-3))
