@@ -153,7 +153,7 @@ def update_moment(updates: PyTree, moments: PyTree, decay: ArrayLike, order: int
         largest = jnp.finfo(x.dtype).max
         # Saturate instead of inf (NaN stays NaN). Written as a select: with jnp.minimum, XLA:CPU
         # re-computed v inside the parameter update and copied every donated v buffer (measured).
-        return jnp.where(v > largest, largest, v)
+        return jax.lax.select(v > largest, jnp.full_like(v, largest), v)
 
     return jax.tree.map(one, updates, moments)
 
@@ -221,6 +221,13 @@ def debias(moments: PyTree, correction: ArrayLike) -> PyTree:
     return jax.tree.map(
         lambda m: jnp.asarray(m) / _as_real(correction, jnp.result_type(m)), moments
     )
+
+
+def sqrt_plus(v: jax.Array, eps_root: ArrayLike) -> jax.Array:
+    """sqrt(v + eps_root); no addition is traced for the default eps_root = 0."""
+    if _validate.is_concrete_number(eps_root) and float(eps_root) == 0.0:
+        return jnp.sqrt(v)
+    return jnp.sqrt(v + eps_root)
 
 
 def safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:

@@ -8,7 +8,9 @@ parameters + about 2 state buffers across the ``jit`` boundary instead of 3N, an
 is one kernel per group instead of one per leaf. The update math is ``tx``'s own, unchanged: on a
 flat buffer every elementwise formula gives the same numbers as leaf by leaf.
 
-Groups. A leaf joins the group of its compute dtype (float32 for float32, bfloat16 and float16
+Groups. A leaf larger than ``max_leaf_size`` elements keeps a buffer of its own: copying it in
+and out of a flat buffer costs more than the per-leaf work it saves. Every other leaf joins the
+group of its compute dtype (float32 for float32, bfloat16 and float16
 leaves; float64 and the complex dtypes on their own), where ``tx`` computes anyway; the update of
 each leaf is cast back to the gradient's dtype, as ``scale_by_adam`` does. A leaf sharded over the
 axes of an ``Explicit`` mesh keeps a buffer of its own, in its own shape and sharding: flattening
@@ -42,7 +44,10 @@ class FlatMomentsState(NamedTuple):
 
 def _explicit_spec(x: Any) -> tuple | None:
     """The partition spec of ``x`` when it is partitioned over ``Explicit`` mesh axes, else None."""
-    sharding = getattr(jax.typeof(x), "sharding", None)
+    if isinstance(x, jax.ShapeDtypeStruct):
+        sharding = x.sharding
+    else:
+        sharding = getattr(jax.typeof(x), "sharding", None)
     mesh = getattr(sharding, "mesh", None)
     if mesh is None or not any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ())):
         return None
@@ -59,17 +64,19 @@ class _Layout(NamedTuple):
     own: frozenset[str]  # keys that are one leaf in its own shape
 
     @classmethod
-    def of(cls, tree: PyTree) -> _Layout:
+    def of(cls, tree: PyTree, max_leaf_size: int | None) -> _Layout:
         with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
         keys, shapes, own = [], [], set()
         for path, leaf in with_path:
-            if _explicit_spec(leaf) is not None:
+            shape = tuple(jnp.shape(leaf))
+            large = max_leaf_size is not None and _size(shape) > max_leaf_size
+            if large or _explicit_spec(leaf) is not None:
                 key = jax.tree_util.keystr(path)
                 own.add(key)
             else:
                 key = jnp.dtype(_tree.compute_dtype(jnp.result_type(leaf))).name
             keys.append(key)
-            shapes.append(tuple(jnp.shape(leaf)))
+            shapes.append(shape)
         return cls(treedef, tuple(keys), tuple(shapes), frozenset(own))
 
     def flatten(self, tree: PyTree) -> dict[str, jax.Array]:
@@ -108,7 +115,9 @@ def _size(shape: tuple[int, ...]) -> int:
     return n
 
 
-def flat_moments(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+def flat_moments(
+    tx: optax.GradientTransformation, *, max_leaf_size: int | None = 2**16
+) -> optax.GradientTransformation:
     """Run ``tx`` with its per-parameter state in one flat buffer per dtype group.
 
     ``flat_moments(adam_jax.adam(1e-3))`` gives the same updates as ``adam_jax.adam(1e-3)``
@@ -123,10 +132,23 @@ def flat_moments(tx: optax.GradientTransformation) -> optax.GradientTransformati
       tx: any elementwise transformation or chain, e.g. ``adam_jax.adam(1e-3)``. Transformations
         that need the leaf structure (``optax.masked`` with a mask tree, per-leaf
         ``optax.partition``) do not go inside.
+      max_leaf_size: leaves with more elements keep a buffer of their own (``None``: flatten
+        every leaf). Copying a gradient into the flat buffer and the update out of it moves 16
+        more bytes per element; that pays off only where a per-leaf cost outweighs it. The
+        default, 65,536 elements, suits a CPU (about 35 microseconds of copying at 30 GB/s); on
+        a GPU, where each buffer crossing ``jit`` costs several microseconds of host time and
+        memory is 100x faster, ``None`` or a few million suits better.
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`FlatMomentsState`.
     """
+    if max_leaf_size is not None and (
+        isinstance(max_leaf_size, bool) or not isinstance(max_leaf_size, int) or max_leaf_size < 0
+    ):
+        raise ValueError(
+            f"flat_moments: max_leaf_size={max_leaf_size!r} is out of range: it must be an "
+            "integer >= 0 or None."
+        )
     if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
         raise TypeError(
             f"flat_moments: tx must be an optax.GradientTransformation, e.g. "
@@ -134,8 +156,12 @@ def flat_moments(tx: optax.GradientTransformation) -> optax.GradientTransformati
         )
 
     def init_fn(params: optax.Params) -> FlatMomentsState:
+        if _is_params_placeholder(params):
+            # optax.tree_utils.tree_map_params probes init with a placeholder for the parameter
+            # tree. No tree of this state has the parameters' structure: one opaque leaf says so.
+            return FlatMomentsState(_NOT_PARAMS)
         _tree.check_float_params(params, "flat_moments")
-        layout = _Layout.of(params)
+        layout = _Layout.of(params, max_leaf_size)
         return FlatMomentsState(tx.init(layout.flatten(params)))
 
     def update_fn(
@@ -146,7 +172,7 @@ def flat_moments(tx: optax.GradientTransformation) -> optax.GradientTransformati
                 f"flat_moments: state must be the FlatMomentsState its init returned; got "
                 f"{type(state).__name__}."
             )
-        layout = _Layout.of(updates)
+        layout = _Layout.of(updates, max_leaf_size)
         flat_params = None if params is None else layout.flatten(params)
         flat_updates, inner = tx.update(layout.flatten(updates), state.inner_state, flat_params)
         return layout.unflatten(flat_updates, updates), FlatMomentsState(inner)
@@ -154,12 +180,25 @@ def flat_moments(tx: optax.GradientTransformation) -> optax.GradientTransformati
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def flat_shardings(params_shardings: PyTree, params: PyTree, replicated: Any) -> dict[str, Any]:
-    """The sharding of each flat buffer for parameters placed as ``params_shardings``: an own
-    buffer keeps its parameter's sharding, a group buffer is ``replicated``."""
-    layout = _Layout.of(params)
-    out = {}
-    shardings = layout.treedef.flatten_up_to(params_shardings)
-    for key, sharding in zip(layout.keys, shardings, strict=True):
-        out[key] = sharding if key in layout.own else replicated
-    return out
+_NOT_PARAMS = "flat_moments: no parameter-shaped tree"
+
+
+def _is_params_placeholder(params: Any) -> bool:
+    return type(params).__name__ == "_ParamsPlaceholder" and not jax.tree.leaves(params)
+
+
+def buffer_sharding(key: str, params_shardings: PyTree, replicated: Any) -> Any:
+    """The sharding of the flat buffer ``key`` for parameters placed as ``params_shardings``: a
+    leaf's own buffer (its key is the leaf's path) keeps the leaf's sharding, a group buffer (its
+    key is a dtype name) is ``replicated``; ``None`` for a key that is neither."""
+    by_path = {
+        jax.tree_util.keystr(path): s
+        for path, s in jax.tree_util.tree_leaves_with_path(params_shardings)
+    }
+    if key in by_path:
+        return by_path[key]
+    try:
+        jnp.dtype(key)
+    except TypeError:
+        return None
+    return replicated

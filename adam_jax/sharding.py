@@ -15,6 +15,7 @@ import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
+from adam_jax.flat import FlatMomentsState, buffer_sharding
 from adam_jax.quantize import QuantizedMoment, block_axis_partition, block_layout
 
 PyTree = Any
@@ -87,7 +88,9 @@ def state_sharding(tx: optax.GradientTransformation, params: PyTree) -> PyTree:
     or ``optax.partition`` stay masked;
     every other leaf (step counts, schedule state, injected hyperparameters) is replicated on the
     parameters' mesh (or put on their single device). Found with
-    ``optax.tree_utils.tree_map_params``, so it works for any optax chain.
+    ``optax.tree_utils.tree_map_params``, so it works for any optax chain. Under
+    :func:`adam_jax.flat_moments`, a buffer of several leaves is replicated and a leaf's own
+    buffer (an ``Explicit``-sharded leaf) has the leaf's sharding.
 
     Args:
       tx: the optimizer, e.g. ``adam_jax.adam(1e-3)``.
@@ -100,13 +103,43 @@ def state_sharding(tx: optax.GradientTransformation, params: PyTree) -> PyTree:
     """
     shardings = _param_shardings(params)
     replicated = _replicated(jax.tree.leaves(shardings))
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    abstract = jax.tree.map(  # with shardings: flat_moments keeps Explicit-sharded leaves apart
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings
+    )
     abstract_state = jax.eval_shape(tx.init, abstract)
-    return optax.tree_utils.tree_map_params(
+    result = optax.tree_utils.tree_map_params(
         tx,
         lambda node, sharding: _like_param(node, sharding, replicated),
         abstract_state,
         shardings,
         transform_non_params=lambda _: replicated,
         is_leaf=_stands_for_one_param,
+    )
+    is_flat = lambda x: isinstance(x, FlatMomentsState)
+    return jax.tree.map(
+        lambda out, node: _flat_state(node, shardings, replicated) if is_flat(node) else out,
+        result,
+        abstract_state,
+        is_leaf=lambda x: is_flat(x) or isinstance(x, Sharding),
+    )
+
+
+def _flat_state(node: FlatMomentsState, shardings: PyTree, replicated: Sharding):
+    """Shardings of a :func:`adam_jax.flat_moments` state: in its inner state, every dict keyed
+    by the flat buffers (a moment, its codes) follows the buffers' shardings; the rest is
+    replicated."""
+    buffer = lambda key: buffer_sharding(key, shardings, replicated)
+    is_buffers = lambda x: (
+        isinstance(x, dict) and x and all(isinstance(k, str) and buffer(k) is not None for k in x)
+    )
+
+    def one(x: Any) -> Any:
+        if not is_buffers(x):
+            return replicated
+        return {k: _like_param(v, buffer(k), replicated) for k, v in x.items()}
+
+    return FlatMomentsState(
+        jax.tree.map(
+            one, node.inner_state, is_leaf=lambda x: is_buffers(x) or _stands_for_one_param(x)
+        )
     )

@@ -220,7 +220,7 @@ def _scale_by_adam(
             nu_max = v_den
             scale = jnp.sqrt(c2)
             direction = jax.tree.map(
-                lambda mh, vd: scale * mh / (jnp.sqrt(vd + eps_root) + eps), m_hat, v_den
+                lambda mh, vd: scale * mh / (_tree.sqrt_plus(vd, eps_root) + eps), m_hat, v_den
             )
         else:
             v_hat = _tree.debias(v, c2)  # Alg. 1: v_hat = v_t / (1 - b2^t)
@@ -231,7 +231,7 @@ def _scale_by_adam(
                 v_den = _tree.tree_maximum(state.nu_max, v_hat) if amsgrad else v_hat
                 nu_max = v_den
             direction = jax.tree.map(  # Alg. 1: m_hat / (sqrt(v_hat) + eps)
-                lambda mh, vd: mh / (jnp.sqrt(vd + eps_root) + eps), m_hat, v_den
+                lambda mh, vd: mh / (_tree.sqrt_plus(vd, eps_root) + eps), m_hat, v_den
             )
         new_state = ScaleByAdamState(
             count=t,
