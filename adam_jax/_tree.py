@@ -153,7 +153,7 @@ def update_moment(updates: PyTree, moments: PyTree, decay: ArrayLike, order: int
         largest = jnp.finfo(x.dtype).max
         # Saturate instead of inf (NaN stays NaN). Written as a select: with jnp.minimum, XLA:CPU
         # re-computed v inside the parameter update and copied every donated v buffer (measured).
-        return jax.lax.select(v > largest, jnp.full_like(v, largest), v)
+        return jnp.where(v > largest, largest, v)
 
     return jax.tree.map(one, updates, moments)
 
