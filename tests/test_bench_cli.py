@@ -203,22 +203,29 @@ def test_ctrl_c_during_bench_exits_130_with_one_line():
     assert err.strip().splitlines() == ["adam-jax: interrupted (Ctrl-C)"], err[-2000:]
 
 
-def test_readme_bench_table_is_the_committed_record_of_this_version():
-    """The README's CPU tables are generated from results/bench/cpu.json, measured by this
-    version with the default command."""
+def test_readme_bench_tables_are_committed_records_of_this_version():
+    """Every README table marked as generated from a results/bench JSON record is that record's
+    table, and the record was measured by this version (the default run: results/bench/cpu.json;
+    the 1000-leaf run: results/bench/cpu-1000-leaves.json)."""
+    import re
     from importlib import metadata
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    record = json.loads((root / "results" / "bench" / "cpu.json").read_text())
-    assert record["versions"]["adam-jax"] == metadata.version("adam-jax"), (
-        "results/bench/cpu.json was measured by another adam_jax version: re-run "
-        "adam-jax bench --json results/bench/cpu.json and regenerate the README table"
-    )
     readme = (root / "README.md").read_text()
-    start = "<!-- bench table: generated from results/bench/cpu.json -->"
-    block = readme[readme.index(start) + len(start) : readme.index("<!-- end of bench table -->")]
-    assert block.strip() == bench.format_table([bench.Row(**r) for r in record["rows"]])
+    marker = re.compile(r"<!-- bench table: generated from (results/bench/[\w.-]+\.json) -->")
+    found = marker.findall(readme)
+    assert set(found) == {"results/bench/cpu.json", "results/bench/cpu-1000-leaves.json"}
+    for name in found:
+        record = json.loads((root / name).read_text())
+        assert record["versions"]["adam-jax"] == metadata.version("adam-jax"), (
+            f"{name} was measured by another adam_jax version: re-run its command "
+            f"({record['command']}) and regenerate the README table"
+        )
+        start = f"<!-- bench table: generated from {name} -->"
+        block = readme[readme.index(start) + len(start) :]
+        block = block[: block.index("<!-- end of bench table -->")]
+        assert block.strip() == bench.format_table([bench.Row(**r) for r in record["rows"]]), name
 
 
 def test_ratios_and_overheads_pair_the_rounds():
