@@ -435,16 +435,18 @@ def quantized_moments(
         _, bounds = tx.update(g_max, bound_inner, None if params is None else reduced(params))
 
         def encode(new: jax.Array, signed: bool, power: int, where: tuple) -> QuantizedMoment:
-            count, salt, bound, g = where
+            count, salt, bound, g, old = where
             scales = jnp.minimum(bound.astype(jnp.float32), _SCALE_MAX)
             seed = count + jnp.int32(salt * 0x01000193 % (1 << 31))
-            noise = _dither(_bits_of(g, new.shape), seed)
+            noise = _dither(_bits_of(g, old.codes), seed)
             codes = _encode(
                 new, scales, signed=signed, power=power, block_size=block_size, threshold=noise
             )
             return QuantizedMoment(codes, scales, jnp.dtype(new.dtype), block_size, power)
 
-        new_stored = _map_fields(new_inner, encode, bounds, _gradients_by_moment(stored, updates))
+        new_stored = _map_fields(
+            new_inner, encode, bounds, _gradients_by_moment(stored, updates), stored
+        )
         return updates_out, QuantizedMomentsState(new_stored)
 
     def _gradients_by_moment(stored: PyTree, updates: optax.Updates) -> PyTree:
@@ -497,13 +499,17 @@ def _map_fields(state: PyTree, fn, *others: PyTree) -> PyTree:
     return jax.tree.map(one, state, is_leaf=_is_moment_state)
 
 
-def _bits_of(g: Any, shape: tuple) -> jax.Array:
-    """Per-element int32 bits that seed the rounding of a moment of ``shape``: the float32 bits
-    of its gradient ``g`` (no index arithmetic per element; the same numbers on one device and
-    sharded), or the elements' positions where no gradient of that shape is at hand."""
-    if g is None or tuple(jnp.shape(g)) != tuple(shape):
-        return _positions(tuple(shape))
-    return jax.lax.bitcast_convert_type(jnp.asarray(g).astype(jnp.float32), jnp.int32)
+def _bits_of(g: Any, codes: jax.Array) -> jax.Array:
+    """Per-element int32 bits that seed the rounding of a moment stored as ``codes``: the float32
+    bits of its gradient ``g`` plus its old code shifted into the high bits (so elements with
+    equal gradients, zeros say, still draw different numbers). Both are loaded by the update
+    anyway, need no index arithmetic per element, and are the same numbers on one device and
+    sharded. Where no gradient of the moment's shape is at hand: the elements' positions."""
+    shape = tuple(codes.shape)
+    if g is None or tuple(jnp.shape(g)) != shape:
+        return _positions(shape)
+    g_bits = jax.lax.bitcast_convert_type(jnp.asarray(g).astype(jnp.float32), jnp.int32)
+    return g_bits + (codes.astype(jnp.int32) << 20)
 
 
 def state_bytes(state: Any) -> int:
