@@ -174,8 +174,8 @@ def _blockable(x: jax.Array, block_size: int) -> jax.Array:
 def _block_max(x: jax.Array, block_size: int) -> jax.Array:
     """max |x| over each block, shape ``_scales_shape(x.shape)``, in float32 (NaN if any is NaN).
 
-    Taken as ``max(max x, -min x)``: XLA:CPU reduces plain maxima and minima about twice as fast
-    as the maximum of ``|x|`` (measured)."""
+    Taken as ``max(max x, -min x)`` from one two-output reduction: XLA:CPU runs it about three
+    times as fast as a reduction of ``|x|`` (measured)."""
     shape = tuple(x.shape)
     k, blocks, block = block_layout(shape, block_size)
     lead = shape[: len(shape) - k]
@@ -184,7 +184,13 @@ def _block_max(x: jax.Array, block_size: int) -> jax.Array:
     if pad:
         flat = jnp.pad(flat, [(0, 0)] * len(lead) + [(0, pad)])
     rows = flat.reshape(*lead, blocks, block)
-    return jnp.maximum(jnp.max(rows, axis=-1), -jnp.min(rows, axis=-1))
+    high, low = jax.lax.reduce(
+        (rows, rows),
+        (np.float32(-np.inf), np.float32(np.inf)),
+        lambda a, b: (jnp.maximum(a[0], b[0]), jnp.minimum(a[1], b[1])),
+        (rows.ndim - 1,),
+    )
+    return jnp.maximum(high, -low)
 
 
 def _per_element(per_block: jax.Array, like: jax.Array, block_size: int) -> jax.Array:
@@ -255,11 +261,11 @@ def _encode(
     codes_dtype = np.dtype(np.int8 if signed else np.uint8)
     levels = _levels(codes_dtype)
     top = levels**power  # the largest code's c^power
-    # In code units: s = top * |x| / scale in [0, top], and code c stands for c^power. The
-    # barrier keeps the per-block inverse a small array of its own, so the elementwise kernel
-    # only broadcasts it instead of recomputing it for every vector of elements.
-    inv = jnp.where(scales >= _F32_TINY, 1.0 / jnp.maximum(scales, _F32_TINY), 0.0)
-    inv = jax.lax.optimization_barrier(inv)
+    # In code units: s = top * |x| / scale in [0, top], and code c stands for c^power. A scale
+    # below the smallest normal float32 counts as 0 (its block decodes as 0). The division comes
+    # last, so XLA computes the per-block inverse once, into a small array, instead of inlining
+    # the whole per-block chain into the elementwise kernel and redoing it for every vector.
+    inv = 1.0 / jnp.where(scales >= _F32_TINY, scales, jnp.inf)
     s = jnp.abs(x.astype(jnp.float32)) * _per_element(inv, x, block_size) * top
     s = jnp.where(s < top, s, top)  # saturate (and map NaN to the top: it is not silently 0)
     y = jnp.sqrt(s)
