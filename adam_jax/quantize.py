@@ -16,23 +16,30 @@ precision: ``power = 2`` for ``m`` and ``u`` (which scale like ``|g|``) and ``po
 wrapped transformation on them, and encodes the new moments, all elementwise, so XLA fuses decode,
 update and encode into the kernels that write the codes and the updates: no float32 copy of the
 moments is written to memory (XLA:CPU gives each output its own kernel, which recomputes the
-decode and the update). The Adam/AdaMax math is the
-wrapped transformation's own (``transforms.py``, on ``_tree.py``), unchanged. What an 8-bit format
-needs on top is each block's new scale, and computing the new block maxima would be a second
-reduction over the updated moments. It is not needed: every moment update is monotone in the
-magnitudes of its inputs (``|b1 m + (1-b1) g| <= b1 |m| + (1-b1) |g|``, ``v``, ``u = max(b2 u,
-|g|)``, the AMSGrad maximum), so the same transformation applied to the blocks' old scales and
-their largest gradient magnitude ``max|g|`` bounds every new value of the block. That small update,
-on one number per block, gives the new scales; the only reduction over the parameters is
-``max|g|``.
+decode and the update). The Adam/AdaMax math is the wrapped transformation's own
+(``transforms.py``, on ``_tree.py``), unchanged. What an 8-bit format needs on top is each block's
+new scale, and computing the new block maxima would be a second reduction over the updated
+moments. It is not needed: every moment update is monotone in the magnitudes of its inputs
+(``|b1 m + (1-b1) g| <= b1 |m| + (1-b1) |g|``, ``v``, ``u = max(b2 u, |g|)``, the AMSGrad
+maximum), so the same transformation applied to the blocks' old scales and their largest gradient
+magnitude ``max|g|`` bounds every new value of the block. That small update, on one number per
+block, gives the new scales; the only reduction over the parameters is ``max|g|``.
 
 **Rounding.** Codes are rounded stochastically, unbiased in the stored value (not the code): a
 moving average with ``b2 = 0.999`` changes by 0.1% a step, far less than the code spacing, and
 rounded to nearest it would never move (see
-``test_stochastic_rounding_is_unbiased_and_lets_a_slow_average_move``). The random numbers come
-from the step count and the element's position (an R2 sequence), so runs and resumes are
-reproducible. A positive second moment is never rounded to 0, so ``m / (sqrt(v) + eps)`` cannot
-blow up because of the storage.
+``test_stochastic_rounding_is_unbiased_and_lets_a_slow_average_move``). The numbers in [0, 1) are
+a Weyl sequence over the steps, offset per element by a hash of bits the update loads anyway: the
+element's gradient and its old code (``quantize`` uses the element's position). No PRNG key is
+kept, so runs and resumes are reproducible, and a sharded run draws the same numbers as one
+device. A positive second moment is never rounded to 0, so ``m / (sqrt(v) + eps)`` cannot blow up
+because of the storage.
+
+**CPU cost.** Measured with ``adam-jax bench --8bit`` (see the README): the work per element, not
+memory traffic, sets the time on CPU, so the encode avoids what XLA:CPU compiles slowly: codes are
+converted to integers by the ``1.5 * 2^23`` trick instead of a clamping float-to-int conversion,
+the per-block inverse scales are computed once per block, the rounding numbers need no index
+arithmetic, and ``max|g|`` comes from one two-output (max, min) reduction.
 
 **Scales** saturate at 2^126: a gradient whose square overflows float32 leaves a finite state,
 and the inverse of every scale is still a normal float32 (a subnormal one is flushed to 0 on CPU).
