@@ -30,9 +30,9 @@ moving average with ``b2 = 0.999`` changes by 0.1% a step, far less than the cod
 rounded to nearest it would never move (see
 ``test_stochastic_rounding_is_unbiased_and_lets_a_slow_average_move``). The numbers in [0, 1) are
 a Weyl sequence over the steps, offset per element by a hash of bits the update loads anyway: the
-element's gradient and its old code (``quantize`` uses the element's position). No PRNG key is
-kept, so runs and resumes are reproducible, and a sharded run draws the same numbers as one
-device. A positive second moment is never rounded to 0, so ``m / (sqrt(v) + eps)`` cannot blow up
+top bits of the element's gradient and its old code (``quantize`` uses the element's position).
+No PRNG key is kept, so runs and resumes are reproducible, and a sharded run draws the same
+numbers as one device (up to a gradient that differs beyond its top 20 bits). A positive second moment is never rounded to 0, so ``m / (sqrt(v) + eps)`` cannot blow up
 because of the storage.
 
 **CPU cost.** Measured with ``adam-jax bench --8bit`` (see the README): the work per element, not
@@ -513,16 +513,17 @@ def _map_fields(state: PyTree, fn, *others: PyTree) -> PyTree:
 
 
 def _bits_of(g: Any, codes: jax.Array) -> jax.Array:
-    """Per-element int32 bits that seed the rounding of a moment stored as ``codes``: the float32
-    bits of its gradient ``g`` plus its old code shifted into the high bits (so elements with
-    equal gradients, zeros say, still draw different numbers). Both are loaded by the update
-    anyway, need no index arithmetic per element, and are the same numbers on one device and
-    sharded. Where no gradient of the moment's shape is at hand: the elements' positions."""
+    """Per-element int32 bits that seed the rounding of a moment stored as ``codes``: the top 20
+    bits of its float32 gradient ``g`` (sign, exponent and 11 mantissa bits, so that a gradient
+    summed in another order, as in a data-parallel run, almost always gives the same bits) and
+    its old code (so elements with equal gradients, zeros say, still draw different numbers).
+    Both are loaded by the update anyway and need no index arithmetic per element. Where no
+    gradient of the moment's shape is at hand: the elements' positions."""
     shape = tuple(codes.shape)
     if g is None or tuple(jnp.shape(g)) != shape:
         return _positions(shape)
     g_bits = jax.lax.bitcast_convert_type(jnp.asarray(g).astype(jnp.float32), jnp.int32)
-    return g_bits + (codes.astype(jnp.int32) << 20)
+    return jax.lax.shift_right_logical(g_bits, 12) + (codes.astype(jnp.int32) << 20)
 
 
 def state_bytes(state: Any) -> int:
