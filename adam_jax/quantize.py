@@ -28,18 +28,18 @@ block, gives the new scales; the only reduction over the parameters is ``max|g|`
 **Rounding.** Codes are rounded stochastically, unbiased in the stored value (not the code): a
 moving average with ``b2 = 0.999`` changes by 0.1% a step, far less than the code spacing, and
 rounded to nearest it would never move (see
-``test_stochastic_rounding_is_unbiased_and_lets_a_slow_average_move``). The numbers in [0, 1) are
-a Weyl sequence over the steps, offset per element by a hash of bits the update loads anyway: the
-top bits of the element's gradient and its old code (``quantize`` uses the element's position).
-No PRNG key is kept, so runs and resumes are reproducible, and a sharded run draws the same
-numbers as one device (up to a gradient that differs beyond its top 20 bits). A positive second moment is never rounded to 0, so ``m / (sqrt(v) + eps)`` cannot blow up
-because of the storage.
+``test_stochastic_rounding_is_unbiased_and_lets_a_slow_average_move``). The random numbers come
+from the step count and the element's position (an R2 sequence), so runs and resumes are
+reproducible, a sharded run draws the same numbers as one device, and elements holding equal
+values still round independently. A positive second moment is never rounded to 0, so
+``m / (sqrt(v) + eps)`` cannot blow up because of the storage.
 
 **CPU cost.** Measured with ``adam-jax bench --8bit`` (see the README): the work per element, not
-memory traffic, sets the time on CPU, so the encode avoids what XLA:CPU compiles slowly: codes are
+memory traffic, sets the time on CPU, so the encode avoids what XLA:CPU runs slowly: codes are
 converted to integers by the ``1.5 * 2^23`` trick instead of a clamping float-to-int conversion,
-the per-block inverse scales are computed once per block, the rounding numbers need no index
-arithmetic, and ``max|g|`` comes from one two-output (max, min) reduction.
+the per-block inverse scales are computed once per block, the positions for the rounding numbers
+come from iotas along short inner axes, and ``max|g|`` comes from one two-output (max, min)
+reduction.
 
 **Scales** saturate at 2^126: a gradient whose square overflows float32 leaves a finite state,
 and the inverse of every scale is still a normal float32 (a subnormal one is flushed to 0 on CPU).
@@ -228,20 +228,24 @@ def _wrap_int32(value: int) -> np.int32:
 
 
 def _dither(bits: jax.Array, salt: jax.Array) -> jax.Array:
-    """Numbers in [0, 1) for stochastic rounding, one per element of the int32 array ``bits``:
-    the fractional part of ``bits * phi + salt * psi`` in 32-bit fixed point (phi and psi are the
-    fractions of the golden and plastic ratios). For a fixed ``bits`` they run over the steps
-    (``salt`` = step + a constant) as a Weyl sequence, equidistributed in [0, 1), which is what
-    makes the rounding unbiased on average; different ``bits`` give unrelated numbers. They need
-    no PRNG key in the state, so resumes are bit-identical, and cost three integer operations
-    (int32, wrapping: a uint32 to float conversion is slow on CPU)."""
+    """Numbers in [0, 1) for stochastic rounding, one per element of the int32 array ``bits``
+    (the elements' positions): the fractional part of ``bits * phi + salt * psi`` in 32-bit
+    fixed point (the R2 sequence; phi and psi are the fractions of the golden and plastic
+    ratios). Over the steps (``salt`` = step + a constant) each element's numbers are
+    equidistributed, which is what makes the rounding unbiased on average. They cost three
+    integer operations per element (int32, wrapping: a uint32 to float conversion is slow on
+    CPU) and need no PRNG key in the state, so resumes are bit-identical."""
     phi, psi = 0x9E3779B9, 0xC13FA9A9
     x = bits * _wrap_int32(phi) + salt.astype(jnp.int32) * _wrap_int32(psi)
     return (x >> 8).astype(jnp.float32) * (1.0 / (1 << 24)) + 0.5  # top 24 bits, as [0, 1)
 
 
 def _positions(shape: tuple[int, ...]) -> jax.Array:
-    """Each element's row-major index (int32, wrapping), built from one iota per axis."""
+    """Each element's row-major index (int32, wrapping), built from one iota per axis. A long
+    single axis is viewed as rows of 128 first: XLA:CPU vectorizes an iota along a short inner
+    axis well and a long one poorly (measured)."""
+    if len(shape) == 1 and shape[0] > 128 and shape[0] % 128 == 0:
+        return _positions((shape[0] // 128, 128)).reshape(shape)
     index, stride = jnp.zeros(shape, jnp.int32), 1
     for axis in reversed(range(len(shape))):
         index = index + jax.lax.broadcasted_iota(jnp.int32, shape, axis) * _wrap_int32(stride)
@@ -448,82 +452,56 @@ def quantized_moments(
         _, bounds = tx.update(g_max, bound_inner, None if params is None else reduced(params))
 
         def encode(new: jax.Array, signed: bool, power: int, where: tuple) -> QuantizedMoment:
-            count, salt, bound, g, old = where
+            bound, count, salt = where
             scales = jnp.minimum(bound.astype(jnp.float32), _SCALE_MAX)
             seed = count + jnp.int32(salt * 0x01000193 % (1 << 31))
-            noise = _dither(_bits_of(g, old.codes), seed)
+            noise = _dither(_positions(tuple(new.shape)), seed)
             codes = _encode(
                 new, scales, signed=signed, power=power, block_size=block_size, threshold=noise
             )
             return QuantizedMoment(codes, scales, jnp.dtype(new.dtype), block_size, power)
 
-        new_stored = _map_fields(
-            new_inner, encode, bounds, _gradients_by_moment(stored, updates), stored
-        )
+        new_stored = _map_fields(new_inner, encode, bounds)
         return updates_out, QuantizedMomentsState(new_stored)
-
-    def _gradients_by_moment(stored: PyTree, updates: optax.Updates) -> PyTree:
-        """``stored`` with each 8-bit moment replaced by the matching gradient leaf (their bits
-        seed the rounding), or by ``None`` where the inner transformations regroup the tree."""
-        try:
-            return optax.tree_utils.tree_map_params(
-                tx,
-                lambda x, g: g if _is_quantized(x) else x,
-                stored,
-                updates,
-                is_leaf=lambda x: _is_quantized(x) or isinstance(x, optax.MaskedNode),
-            )
-        except (ValueError, TypeError):
-            return optax.tree_utils.tree_map_params(
-                tx, lambda x: None if _is_quantized(x) else x, stored, is_leaf=_is_quantized
-            )
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _map_fields(state: PyTree, fn, *others: PyTree) -> PyTree:
+def _map_fields(state: PyTree, fn, bounds: PyTree | None = None) -> PyTree:
     """Replace every moment leaf ``x`` of every Adam/AdaMax state in ``state`` by
-    ``fn(x, signed, power, (count, salt, *matching))``: ``count`` is the state's step, ``salt`` a
-    distinct number per leaf (for the rounding bits) and ``matching`` the leaves at the same place
-    in ``others`` (states of the same structure)."""
+    ``fn(x, signed, power, (bound, count, salt))``: ``bound`` is the matching leaf of ``bounds``
+    (a state of the same structure), ``count`` the state's step and ``salt`` a distinct number
+    per leaf (for the rounding bits)."""
     salts = iter(range(1 << 30))
-    nodes = [
-        iter(n for n in jax.tree.leaves(o, is_leaf=_is_moment_state) if _is_moment_state(n))
-        for o in others
-    ]
+    bound_nodes = (
+        None
+        if bounds is None
+        else iter(
+            n for n in jax.tree.leaves(bounds, is_leaf=_is_moment_state) if _is_moment_state(n)
+        )
+    )
 
     def one(node: Any) -> Any:
         if not _is_moment_state(node):
             return node
-        other_nodes = [next(it) for it in nodes]
+        bound_node = None if bound_nodes is None else next(bound_nodes)
         changes = {}
         for field, signed, power in _FIELDS[type(node)]:
             tree = getattr(node, field)
             if tree is None:
                 continue
+            bound_tree = None if bound_node is None else getattr(bound_node, field)
 
-            def leaf(x, *matching, signed=signed, power=power):
-                return fn(x, signed, power, (node.count, next(salts), *matching))
+            def leaf(x, b=None, signed=signed, power=power):
+                return fn(x, signed, power, (b, node.count, next(salts)))
 
-            rest = [getattr(o, field) for o in other_nodes]
-            changes[field] = jax.tree.map(leaf, tree, *rest, is_leaf=lambda x: x is None)
+            if bound_tree is None:
+                changes[field] = jax.tree.map(leaf, tree)
+            else:
+                changes[field] = jax.tree.map(leaf, tree, bound_tree)
         return node._replace(**changes)
 
     return jax.tree.map(one, state, is_leaf=_is_moment_state)
-
-
-def _bits_of(g: Any, codes: jax.Array) -> jax.Array:
-    """Per-element int32 bits that seed the rounding of a moment stored as ``codes``: the top 20
-    bits of its float32 gradient ``g`` (sign, exponent and 11 mantissa bits, so that a gradient
-    summed in another order, as in a data-parallel run, almost always gives the same bits) and
-    its old code (so elements with equal gradients, zeros say, still draw different numbers).
-    Both are loaded by the update anyway and need no index arithmetic per element. Where no
-    gradient of the moment's shape is at hand: the elements' positions."""
-    shape = tuple(codes.shape)
-    if g is None or tuple(jnp.shape(g)) != shape:
-        return _positions(shape)
-    g_bits = jax.lax.bitcast_convert_type(jnp.asarray(g).astype(jnp.float32), jnp.int32)
-    return jax.lax.shift_right_logical(g_bits, 12) + (codes.astype(jnp.int32) << 20)
 
 
 def state_bytes(state: Any) -> int:
