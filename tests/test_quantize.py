@@ -335,3 +335,23 @@ def test_adamax_training_loss_within_one_percent_of_float32_state():
         runs = [train.train_runs(model, ds.x, ds.y, make, hp, epochs=30, seed=s) for s in range(2)]
         losses[kind] = np.mean([r[0, -5:].mean() for r in runs])
     assert abs(losses["8bit"] - losses["f32"]) <= 0.01 * losses["f32"], losses
+
+
+def test_rounding_in_the_optimizer_lets_a_slow_average_of_equal_elements_move():
+    """The optimizer's own rounding, on the case the stochastic rounding is for: AdaMax's
+    u = max(b2 u, |g|) with b2 = 0.999 decays by 0.1% a step beside a block maximum that stays
+    (g = 1 in element 0), far below the code spacing (about 1.4% at 0.3). 4095 elements hold the
+    same value and see the same (zero) gradient: their mean must follow 0.3 * 0.999^t, which
+    needs numbers that differ between elements (a dither drawn from the values alone rounds them
+    all alike, and one trajectory drifts by several code steps)."""
+    tx = quantized_moments(adam_jax.scale_by_adamax(b2=0.999), block_size=4096)
+    params = {"w": jnp.zeros((1, 4096))}
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    _, state = update({"w": jnp.full((1, 4096), 0.3).at[0, 0].set(1.0)}, state, params)
+    zeros = {"w": jnp.zeros((1, 4096)).at[0, 0].set(1.0)}
+    for _ in range(199):
+        _, state = update(zeros, state, params)
+    u = np.asarray(dequantize(state.inner_state.nu["w"]), np.float64)[0]
+    assert u[0] == 1.0
+    np.testing.assert_allclose(np.mean(u[1:]), 0.3 * 0.999**199, rtol=0.01)
