@@ -60,6 +60,7 @@ import optax
 from jax.sharding import AxisType, PartitionSpec
 
 from adam_jax import _tree
+from adam_jax.flat import FlatMomentsState
 from adam_jax.transforms import ScaleByAdamaxState, ScaleByAdamState
 
 PyTree = Any
@@ -412,6 +413,13 @@ def quantized_moments(
     def init_fn(params: optax.Params) -> QuantizedMomentsState:
         _check_params(params)
         inner = tx.init(params)
+        is_flat = lambda x: isinstance(x, FlatMomentsState)
+        if any(is_flat(n) for n in jax.tree.leaves(inner, is_leaf=is_flat)):
+            raise ValueError(
+                "quantized_moments: tx contains flat_moments; put flat_moments outside, as "
+                "flat_moments(quantized_moments(tx)), so that the 8-bit blocks are cut from the "
+                "flat buffers."
+            )
         if not jax.tree.leaves(inner, is_leaf=_is_moment_state) or not any(
             _is_moment_state(n) for n in jax.tree.leaves(inner, is_leaf=_is_moment_state)
         ):

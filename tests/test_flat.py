@@ -232,6 +232,12 @@ def test_eight_bit_moments_inside_flat_moments():
     assert flat8 < 0.05 * start and abs(flat8 - float32) < 0.1 * float32 + 1e-3 * start
 
 
+def test_eight_bit_outside_flat_moments_is_refused_with_the_right_order():
+    tx = adam_jax.quantized_moments(adam_jax.flat_moments(adam_jax.adam(1e-2)))
+    with pytest.raises(ValueError, match=r"flat_moments\(quantized_moments\(tx\)\)"):
+        tx.init({"w": jnp.ones((4, 4))})
+
+
 def test_checkpoint_resume_is_bit_identical(tmp_path):
     params = _params()
     del params["none"], params["empty"]
