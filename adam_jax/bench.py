@@ -293,7 +293,10 @@ def _interleaved_times(contenders: dict, rounds: int, inner: int) -> dict[str, l
     times: dict[str, list[float]] = {k: [] for k in contenders}
     for c in contenders.values():  # warm-up
         c.run()
+    from adam_jax.cli import check_interrupted
+
     for _ in range(rounds):
+        check_interrupted()  # a Ctrl-C whose exception a callback swallowed
         for name, c in contenders.items():
             start = time.perf_counter()
             for _ in range(inner):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import gc
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from adam_jax import _extras
@@ -66,14 +69,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_interrupted = threading.Event()
+
+
+def _on_ctrl_c(signum: int, frame) -> None:
+    """Ctrl-C: remember it, then raise KeyboardInterrupt as Python's own handler does, except
+    inside a garbage-collection callback (JAX installs one): Python would drop the exception
+    there and print it. The flag makes the interruption stick: long loops check it with
+    :func:`check_interrupted`, and :func:`main` checks it before exiting."""
+    _interrupted.set()
+    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks:
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt
+
+
+def check_interrupted() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C was pressed, even when its exception was lost."""
+    if _interrupted.is_set():
+        raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; Ctrl-C anywhere (start-up included) exits with code 130 and one line."""
+    _interrupted.clear()
+    try:
+        previous = signal.signal(signal.SIGINT, _on_ctrl_c)
+    except ValueError:  # not the main thread: keep Python's handler
+        previous = None
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        code = args.func(args)
+        check_interrupted()
+        return code
     except KeyboardInterrupt:
         print("adam-jax: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -233,3 +233,31 @@ def test_ratios_and_overheads_pair_the_rounds():
     times = {"adam": [3.0, 10.0, 5.0], "sgd": [1.0, 2.0, 4.0]}
     assert bench._paired(times, "adam", "sgd", operator.sub) == 2.0  # median of 2, 8, 1
     assert bench._paired(times, "adam", "sgd", operator.truediv) == 3.0  # median of 3, 5, 1.25
+
+
+def test_ctrl_c_inside_a_gc_callback_is_not_lost(capsys):
+    """Python drops an exception raised in a garbage-collection callback (JAX installs one): a
+    Ctrl-C landing there must still stop the command (it once let a bench run to the end)."""
+    import gc
+    import signal
+
+    seen = []
+
+    def callback(phase, info):
+        if phase == "start" and not seen:
+            seen.append(phase)
+            cli._on_ctrl_c(signal.SIGINT, sys._getframe())  # as if the signal arrived here
+
+    cli._interrupted.clear()
+    gc.callbacks.append(callback)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(callback)
+    assert seen and "Exception ignored" not in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        cli.check_interrupted()
+    cli._interrupted.clear()
+    with pytest.raises(KeyboardInterrupt):  # outside a callback it raises at once, as Python does
+        cli._on_ctrl_c(signal.SIGINT, sys._getframe())
+    cli._interrupted.clear()

@@ -244,6 +244,9 @@ class Progress:
         self.bar = bar
 
     def update(self, n: int) -> None:
+        from adam_jax.cli import check_interrupted
+
+        check_interrupted()  # a Ctrl-C whose exception a callback swallowed
         if self.bar is not None:
             self.bar.update(n)
 
