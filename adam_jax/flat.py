@@ -24,6 +24,7 @@ of leaves even when they all have the same shape (see the README's performance s
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -42,8 +43,9 @@ class FlatMomentsState(NamedTuple):
     inner_state: Any
 
 
-def _explicit_spec(x: Any) -> tuple | None:
-    """The partition spec of ``x`` when it is partitioned over ``Explicit`` mesh axes, else None."""
+def explicit_spec(x: Any) -> tuple | None:
+    """``x``'s partition spec, one entry per axis, when ``x`` (an array, a tracer or a
+    ``jax.ShapeDtypeStruct``) lies on a mesh with ``Explicit`` axes; else ``None``."""
     if isinstance(x, jax.ShapeDtypeStruct):
         sharding = x.sharding
     else:
@@ -52,7 +54,7 @@ def _explicit_spec(x: Any) -> tuple | None:
     if mesh is None or not any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ())):
         return None
     spec = tuple(sharding.spec)
-    return spec if any(s is not None for s in spec) else None
+    return spec + (None,) * (len(x.shape) - len(spec))
 
 
 class _Layout(NamedTuple):
@@ -69,8 +71,8 @@ class _Layout(NamedTuple):
         keys, shapes, own = [], [], set()
         for path, leaf in with_path:
             shape = tuple(jnp.shape(leaf))
-            large = max_leaf_size is not None and _size(shape) > max_leaf_size
-            if large or _explicit_spec(leaf) is not None:
+            large = max_leaf_size is not None and math.prod(shape) > max_leaf_size
+            if large or any(a is not None for a in explicit_spec(leaf) or ()):
                 key = jax.tree_util.keystr(path)
                 own.add(key)
             else:
@@ -101,18 +103,11 @@ class _Layout(NamedTuple):
             if key in self.own:
                 leaf = flat[key]
             else:
-                start, size = offsets.get(key, 0), _size(shape)
+                start, size = offsets.get(key, 0), math.prod(shape)
                 offsets[key] = start + size
                 leaf = jax.lax.slice(flat[key], (start,), (start + size,)).reshape(shape)
             leaves.append(leaf)
         return _tree.cast_to_updates(jax.tree.unflatten(self.treedef, leaves), like)
-
-
-def _size(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def flat_moments(

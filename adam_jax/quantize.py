@@ -57,10 +57,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import AxisType, PartitionSpec
+from jax.sharding import PartitionSpec
 
 from adam_jax import _tree
-from adam_jax.flat import FlatMomentsState
+from adam_jax.flat import FlatMomentsState, explicit_spec
 from adam_jax.transforms import ScaleByAdamaxState, ScaleByAdamState
 
 PyTree = Any
@@ -154,20 +154,10 @@ def block_axis_partition(spec: tuple, mesh_shape: Any, shape: tuple, block_size:
     return axis if whole and blocks % math.prod(mesh_shape[n] for n in names) == 0 else None
 
 
-def _explicit_spec(x: jax.Array) -> tuple | None:
-    """``x``'s partition spec (one entry per axis) when it is sharded over Explicit mesh axes."""
-    sharding = getattr(jax.typeof(x), "sharding", None)
-    mesh = getattr(sharding, "mesh", None)
-    if mesh is None or not any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ())):
-        return None
-    spec = tuple(sharding.spec)
-    return spec + (None,) * (x.ndim - len(spec))
-
-
 def _blockable(x: jax.Array, block_size: int) -> jax.Array:
     """``x``, with the merged last axes unpartitioned on an Explicit mesh where the block axis
     cannot carry their partition (so that the reshapes into blocks are defined)."""
-    spec = _explicit_spec(x)
+    spec = explicit_spec(x)
     if spec is None:
         return x
     shape = tuple(x.shape)
@@ -212,8 +202,8 @@ def _per_element(per_block: jax.Array, like: jax.Array, block_size: int) -> jax.
     if blocks * block != n:
         x = x[..., :n]
     x = x.reshape(shape)
-    spec = _explicit_spec(like)
-    if spec is not None and _explicit_spec(x) != spec:
+    spec = explicit_spec(like)
+    if spec is not None and explicit_spec(x) != spec:
         x = jax.sharding.reshard(x, PartitionSpec(*spec))
     return x
 
