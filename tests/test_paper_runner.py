@@ -5,6 +5,10 @@ argument checks, Ctrl-C, and a resumed run equal to an uninterrupted one."""
 import csv
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -337,6 +341,43 @@ def test_reproduce_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, mo
     for c in claims.check(runner.read_csv(a / "results.csv"), 1, 2):
         assert f"| {c.measured} | {c.k} of {c.n} | **{c.verdict}** |" in summary
     assert (a / "fig1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_figures_in_parallel_equal_one_process_and_survive_ctrl_c(tmp_path):
+    """``reproduce all`` in two processes, interrupted (Ctrl-C to the parent) once a figure has
+    finished runs, then resumed: the same results.csv, byte for byte, as one process."""
+    one, par = tmp_path / "one", tmp_path / "par"
+    assert run_cli("all", "--tiny", "--seeds", "1", "--jobs", "1", "--out", str(one)) == 0
+    args = ["all", "--tiny", "--seeds", "1", "--jobs", "2", "--out", str(par), "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "adam_jax", "reproduce", *args],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not any(len(p.read_text().splitlines()) > 1 for p in par.glob("parts/*/results.csv")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no run finished"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert f"interrupted: the finished runs are in {par / 'results.csv'}" in err
+    kept = {runner.run_key(r) for r in runner.read_csv(par / "results.csv")}
+    assert kept  # the finished runs were merged
+    assert json.loads((par / "run.json").read_text())["status"] == "interrupted"
+
+    assert run_cli(*args, "--resume") == 0
+    assert (one / "results.csv").read_bytes() == (par / "results.csv").read_bytes()
+    info = json.loads((par / "run.json").read_text())
+    assert info["jobs"] == 2 and info["status"] == "finished"
+    assert [s["status"] for s in info["sittings"]] == ["interrupted", "finished"]
+    assert list(info["figure_seconds"]) == list(runner.FIGURES)
+    assert not (par / "parts").exists()
+    assert "figures in 2 parallel processes" in (par / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1", "x"])
+def test_bad_jobs_exit_2(jobs, capsys):
+    with pytest.raises(SystemExit) as info:
+        run_cli("all", "--tiny", "--jobs", jobs)
+    assert info.value.code == 2 and "--jobs" in capsys.readouterr().err
 
 
 def test_resume_refuses_a_different_run(tmp_path, capsys):

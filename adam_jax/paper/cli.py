@@ -10,6 +10,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +37,16 @@ def parse_seeds(text: str) -> list[int]:
             f"{text!r}: seeds must be distinct integers in [0, {MAX_SEED}], at least one"
         )
     return seeds
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +94,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="directory with the real data: MNIST IDX files, CIFAR-10 binary batches, "
         "aclImdb/train/labeledBow.feat (default: embedded sklearn digits and a generated corpus)",
     )
+    parser.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        help="figures run at the same time, each in a process of its own (default: one per "
+        "figure, at most one per CPU core); results equal a one-process run's",
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    parser.add_argument("--progress-file", type=Path, default=None, help=argparse.SUPPRESS)
     parser.epilog = (
         "Full-run learning-rate grids (half-decade steps; a decade higher under alpha/sqrt(t) in "
         f"Fig. 1, AdaGrad excepted; extended up to 2 steps past an edge when the selection lands on it): "
@@ -181,7 +200,7 @@ def reproduce(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from adam_jax.paper import claims as claims_lib
-    from adam_jax.paper import figures, runner
+    from adam_jax.paper import figures, parallel, runner
     from adam_jax.paper.data import DataError
 
     budget = runner.TINY if args.tiny else runner.QUICK if args.quick else runner.FULL
@@ -208,8 +227,11 @@ def _reproduce(args: argparse.Namespace) -> int:
                 + ". Use the same arguments, or another --out."
             )
         sittings = before.get("sittings", [])
-    try:
-        datasets = runner.load_data(wanted, budget, args.data_dir)
+    jobs = min(args.jobs or parallel.default_jobs(wanted), len(wanted))
+    try:  # the workers of a parallel run load their own data; this checks it first
+        datasets = (
+            runner.load_data(wanted, budget, args.data_dir) if jobs == 1 or args.data_dir else {}
+        )
     except (DataError, FileNotFoundError) as err:
         return _error(str(err))
     from tqdm import tqdm  # the plain bar: tqdm.auto warns in notebooks without ipywidgets
@@ -224,9 +246,10 @@ def _reproduce(args: argparse.Namespace) -> int:
         "figure_cpu_seconds": {},
     }
     sittings.append(sitting)
+    started = time.monotonic()
 
     def save_json(status: str) -> None:
-        sitting.update(end=_now(), status=status)
+        sitting.update(end=_now(), status=status, wall_seconds=time.monotonic() - started)
         totals: dict[str, dict[str, float]] = {"figure_seconds": {}, "figure_cpu_seconds": {}}
         for field, total in totals.items():
             if not all(field in s for s in sittings):
@@ -237,12 +260,19 @@ def _reproduce(args: argparse.Namespace) -> int:
         fields = ("figure_seconds", "figure_cpu_seconds")
         rounded = [
             {**s, **{f: {k: round(v, 1) for k, v in s[f].items()} for f in fields if f in s}}
+            | ({"wall_seconds": round(s["wall_seconds"], 1)} if "wall_seconds" in s else {})
             for s in sittings
         ]
-        info.update(status=status, **totals, sittings=rounded)
+        wall = (  # None when a sitting of an older version did not measure it
+            round(sum(s["wall_seconds"] for s in sittings), 1)
+            if all("wall_seconds" in s for s in sittings) else None
+        )  # fmt: skip
+        info.update(status=status, **totals, wall_seconds=wall, sittings=rounded)
         run_json.write_text(json.dumps(info, indent=2) + "\n")
 
-    results = runner.Results(out / "results.csv", resume=args.resume)
+    if jobs > 1:
+        info["jobs"] = jobs
+    results = None if jobs > 1 else runner.Results(out / "results.csv", resume=args.resume)
     save_json("running")
     seconds, cpu = sitting["figure_seconds"], sitting["figure_cpu_seconds"]
     total = runner.work_units(wanted, budget, len(seeds))
@@ -250,14 +280,21 @@ def _reproduce(args: argparse.Namespace) -> int:
         total=total, unit="run-epoch", disable=args.no_progress, desc=f"reproduce {args.figure}"
     ) as bar:
         try:
-            rows = runner.run(
-                wanted, budget, seeds, datasets, results, runner.Progress(bar), seconds, cpu
-            )
+            if results is None:
+                parallel.run(args, budget.name, wanted, seeds, out, jobs, bar, sitting)
+            else:
+                progress = runner.Progress(bar, args.progress_file)
+                rows = runner.run(wanted, budget, seeds, datasets, results, progress, seconds, cpu)
+                runner.write_csv(rows, out / "results.csv")
         except KeyboardInterrupt:
             bar.close()
             save_json("interrupted")
             raise
-    runner.write_csv(rows, out / "results.csv")
+        except parallel.WorkerFailed as err:
+            bar.close()
+            save_json("failed")
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     rows = runner.read_csv(out / "results.csv")  # figures and claims come from the file itself
     save_json("finished")
 
@@ -277,11 +314,12 @@ def _reproduce(args: argparse.Namespace) -> int:
                                           _selection_notes(rows))  # fmt: skip
     (out / "summary.md").write_text(summary)
     written.append("summary.md")
-    kept = results.finished_runs
     print(f"wrote {', '.join(written)} to {out}; training time per figure (s): "
           + ", ".join(f"{k} {v:.0f}" for k, v in info["figure_seconds"].items()))  # fmt: skip
-    if args.resume:
-        print(f"  (resumed: {kept} runs in results.csv before or during this sitting)")
+    if args.resume and results is not None:
+        print(
+            f"  (resumed: {results.finished_runs} runs in results.csv before or during this sitting)"
+        )
     for c in claims:
         print(f"  [{c.verdict}, {c.k} of {c.n} seeds] {c.figure}: {c.measured}")
     return 0
@@ -296,12 +334,14 @@ def _header(args, budget, seeds, rows, info) -> str:
             f"{', '.join(map(str, seeds))})",
             "",
             "Training time per figure (s, summed over sittings; wall clock, then CPU time of "
-            "this process): "
+            "the process that ran it): "
             + ", ".join(
                 f"{k} {v:.0f}"
                 + (f" (CPU {cpu[k]:.0f})" if k in (cpu := info["figure_cpu_seconds"]) else "")
                 for k, v in sec.items()
             )
+            + (f"; the whole run {w:.0f} s of wall clock" if (w := info["wall_seconds"]) else "")
+            + (f", figures in {info['jobs']} parallel processes" if info.get("jobs") else "")
             + f". Versions, commit and device: `run.json` (adam_jax {info['adam_jax']}, "
             f"jax {info['jax']}, {info['device']}).",
             "",

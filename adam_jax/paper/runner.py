@@ -238,22 +238,34 @@ def _fmt(value: float) -> str:
 
 class Progress:
     """What the runner reports to: ``update(n)`` after n run-epochs, ``grow(n)`` when a grid is
-    extended. A tqdm bar fits (``total`` is changed in place)."""
+    extended. A tqdm bar fits (``total`` is changed in place). With ``file``, the counts so far
+    ("done grown") are also written there, for a parent process running figures in parallel."""
 
-    def __init__(self, bar=None) -> None:
-        self.bar = bar
+    def __init__(self, bar=None, file: Path | None = None) -> None:
+        self.bar, self.file = bar, file
+        self.done = self.grown = 0
 
     def update(self, n: int) -> None:
         from adam_jax.cli import check_interrupted
 
         check_interrupted()  # a Ctrl-C whose exception a callback swallowed
+        self.done += n
         if self.bar is not None:
             self.bar.update(n)
+        self._write()
 
     def grow(self, n: int) -> None:
+        self.grown += n
         if self.bar is not None:
             self.bar.total += n
             self.bar.refresh()
+        self._write()
+
+    def _write(self) -> None:
+        if self.file is not None:
+            tmp = self.file.with_suffix(".tmp")
+            tmp.write_text(f"{self.done} {self.grown}\n")
+            tmp.replace(self.file)
 
 
 RunKey = tuple[str, str, str, str]  # (panel, optimizer, hyperparameters, seed)
