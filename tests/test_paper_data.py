@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from adam_jax.paper import data
+from adam_jax.paper import data, runner, train
 from adam_jax.paper.runner import zca_whiten
 
 
@@ -178,6 +178,28 @@ def test_zipf_corpus_is_sparse_zipfian_and_seeded():
     assert 0.1 < (ds.y != polar.y).mean() < 0.3
     np.testing.assert_array_equal(ds.x, data.zipf_corpus(num_docs=300, seed=3).x)
     assert not np.array_equal(ds.x, data.zipf_corpus(num_docs=300, seed=4).x)
+
+
+def test_quick_corpus_keeps_its_cost_near_the_label_noise_entropy():
+    """The calibration in ``zipf_corpus``: with 20% of labels flipped, no weights predict new
+    documents better than the noise's entropy H(0.2) = 0.500 nats. The quick run's corpus (4,000
+    documents over 1,000 words) cannot be memorised far below it, even with 4x the quick run's
+    epochs; the earlier shape (2,000 documents over 10,000 words) is separable and goes to ~0."""
+    h = -(0.2 * np.log(0.2) + 0.8 * np.log(0.8))
+    quick = runner.QUICK
+
+    def final_cost(docs, vocab, epochs):
+        ds = data.zipf_corpus(num_docs=docs, vocab=vocab)
+        model = runner.build_model("fig1_imdb", ds, quick)
+        lrs = np.array([0.03, 0.1, 0.3])
+        costs, _ = train.train_runs_with_steps(
+            model, ds.x, ds.y, runner.make_optimizer("adam", False), {"lr": lrs}, epochs, 0
+        )
+        return float(np.nanmin(costs[:, -1]))
+
+    assert (quick.imdb_docs, quick.imdb_vocab) == (4000, 1000)
+    assert final_cost(4000, 1000, 4 * quick.epochs["fig1_imdb"]) > 0.8 * h
+    assert final_cost(2000, 10_000, quick.epochs["fig1_imdb"]) < 0.2 * h
 
 
 def test_zca_whitening_gives_identity_covariance():

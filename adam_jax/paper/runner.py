@@ -74,6 +74,7 @@ class Budget:
     cnn_hidden: int = 1000
     max_examples: int | None = None  # cap on training examples per dataset
     imdb_docs: int = 2000  # documents in the generated bag-of-words corpus
+    imdb_vocab: int = data_lib.VOCAB  # its words (see data.zipf_corpus for the calibration)
 
 
 FULL = Budget(
@@ -90,6 +91,8 @@ QUICK = Budget(
      "fig4_few": 3, "fig4_many": 15},
     QUICK_GRIDS,
     seeds=3,
+    imdb_docs=4000,
+    imdb_vocab=1000,
     cnn_channels=(16, 16, 32),
     cnn_hidden=250,
 )  # fmt: skip
@@ -477,7 +480,9 @@ def read_csv(path: Path) -> list[dict]:
 def load_data(figures: Iterable[str], budget: Budget, data_dir: str | None) -> dict:
     """The datasets ``figures`` need (CIFAR-10 ZCA-whitened), loaded before any training."""
     datasets = {
-        name: data_lib.load(name, data_dir, budget.imdb_docs).subset(budget.max_examples)
+        name: data_lib.load(name, data_dir, budget.imdb_docs, budget.imdb_vocab).subset(
+            budget.max_examples
+        )
         for name in datasets_for(figures)
     }
     if "cifar10" in datasets:
