@@ -34,3 +34,16 @@ def test_committed_quick_run_is_described_by_its_run_json():
     assert f"adam_jax {info['adam_jax']}, jax {info['jax']}" in summary
     rows = [line for line in claims.claims_table(summary).splitlines() if line.startswith("| Fig")]
     assert len(rows) == 9 and all(f"of {len(info['seeds'])} |" in r for r in rows)
+
+
+def test_committed_quick_run_is_of_the_current_code():
+    """A stale run fails here: the committed quick run used this version's data (the stand-ins'
+    descriptions, with their sizes) and this version of adam_jax."""
+    import adam_jax
+    from adam_jax.paper import runner
+
+    info = json.loads((QUICK / "run.json").read_text())
+    summary = (QUICK / "summary.md").read_text()
+    assert info["adam_jax"] == adam_jax.__version__
+    for ds in runner.load_data(runner.FIGURES, runner.QUICK, None).values():
+        assert ds.source in summary, f"results/quick was run on other data than {ds.source!r}"
