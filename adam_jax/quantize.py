@@ -29,9 +29,10 @@ block, gives the new scales; the only reduction over the parameters is ``max|g|`
 moving average with ``b2 = 0.999`` changes by 0.1% a step, far less than the code spacing, and
 rounded to nearest it would never move (see
 ``test_stochastic_rounding_is_unbiased_and_lets_a_slow_average_move``). The random numbers come
-from the step count and the element's position (an R2 sequence), so runs and resumes are
-reproducible, a sharded run draws the same numbers as one device, and elements holding equal
-values still round independently. A positive second moment is never rounded to 0, so
+from the step count, the element's position in its leaf and which moment it is (an R2
+sequence), so runs and resumes are reproducible, a sharded run draws the same numbers as one
+device, and elements holding equal values still round independently. Leaves of the same shape
+share the numbers, so that they share compiled kernels (see ``_map_fields``). A positive second moment is never rounded to 0, so
 ``m / (sqrt(v) + eps)`` cannot blow up because of the storage.
 
 **CPU cost.** Measured with ``adam-jax bench --8bit`` (see the README): the work per element, not
@@ -303,6 +304,26 @@ def _decode(codes: jax.Array, scales: jax.Array, power: int, block_size: int) ->
     return unit * _per_element(scales, codes, block_size)
 
 
+# The per-leaf steps of an update are jitted functions of the leaf, so that a model with many
+# leaves of a few shapes traces and lowers each step once per shape (inside the caller's jit they
+# are inlined again, and XLA fuses them as before). 200 transformer leaves: 5.3 s -> 1.7 s of
+# tracing and lowering (measured, 2 cores).
+_block_max_of = jax.jit(_block_max, static_argnums=1)
+_decoded = jax.jit(_decode, static_argnums=(2, 3))
+
+
+@functools.partial(jax.jit, static_argnames=("signed", "power", "block_size"))
+def _requantize(
+    new: jax.Array, bound: jax.Array, seed: jax.Array, *, signed: bool, power: int, block_size: int
+) -> tuple[jax.Array, jax.Array]:
+    """Codes and scales of a new moment ``new``, whose values the per-block ``bound`` bounds,
+    rounded stochastically with the numbers of ``seed``."""
+    scales = jnp.minimum(bound.astype(jnp.float32), _SCALE_MAX)
+    noise = _dither(_positions(tuple(new.shape)), seed)
+    codes = _encode(new, scales, signed=signed, power=power, block_size=block_size, threshold=noise)
+    return codes, scales
+
+
 def quantize(
     x: jax.Array,
     block_size: int,
@@ -331,7 +352,7 @@ def quantize(
 
 def dequantize(q: QuantizedMoment) -> jax.Array:
     """The array ``q`` stands for, in its shape and dtype."""
-    return _decode(q.codes, q.scales, q.power, q.block_size).astype(q.dtype)
+    return _decoded(q.codes, q.scales, q.power, q.block_size).astype(q.dtype)
 
 
 class QuantizedMomentsState(NamedTuple):
@@ -440,7 +461,7 @@ def quantized_moments(
         reduced = lambda tree: jax.tree.map(
             lambda x: jnp.zeros(_scales_shape(tuple(x.shape), block_size), x.dtype), tree
         )
-        g_max = jax.tree.map(lambda g: _block_max(g, block_size).astype(g.dtype), updates)
+        g_max = jax.tree.map(lambda g: _block_max_of(g, block_size).astype(g.dtype), updates)
         bound_inner = optax.tree_utils.tree_map_params(
             tx,
             lambda x: x.scales if _is_quantized(x) else reduced(x),
@@ -451,11 +472,9 @@ def quantized_moments(
 
         def encode(new: jax.Array, signed: bool, power: int, where: tuple) -> QuantizedMoment:
             bound, count, salt = where
-            scales = jnp.minimum(bound.astype(jnp.float32), _SCALE_MAX)
             seed = count + jnp.int32(salt * 0x01000193 % (1 << 31))
-            noise = _dither(_positions(tuple(new.shape)), seed)
-            codes = _encode(
-                new, scales, signed=signed, power=power, block_size=block_size, threshold=noise
+            codes, scales = _requantize(
+                new, bound, seed, signed=signed, power=power, block_size=block_size
             )
             return QuantizedMoment(codes, scales, jnp.dtype(new.dtype), block_size, power)
 
@@ -468,9 +487,14 @@ def quantized_moments(
 def _map_fields(state: PyTree, fn, bounds: PyTree | None = None) -> PyTree:
     """Replace every moment leaf ``x`` of every Adam/AdaMax state in ``state`` by
     ``fn(x, signed, power, (bound, count, salt))``: ``bound`` is the matching leaf of ``bounds``
-    (a state of the same structure), ``count`` the state's step and ``salt`` a distinct number
-    per leaf (for the rounding bits)."""
-    salts = iter(range(1 << 30))
+    (a state of the same structure), ``count`` the state's step and ``salt`` the moment's number
+    (0 for ``m``, 1 for ``v`` or ``u``, 2 for AMSGrad's maximum), for the rounding bits.
+
+    The salt is the same for every leaf: a per-leaf number would be a different constant in
+    every leaf's kernels, and XLA could no longer compile one kernel for all leaves of a shape
+    (200 transformer leaves compiled in 26 s instead of 14 s, measured). Leaves of the same
+    shape then round with the same numbers at a step, which keeps each element's rounding
+    unbiased: the numbers never depend on the values they round."""
     bound_nodes = (
         None
         if bounds is None
@@ -484,14 +508,14 @@ def _map_fields(state: PyTree, fn, bounds: PyTree | None = None) -> PyTree:
             return node
         bound_node = None if bound_nodes is None else next(bound_nodes)
         changes = {}
-        for field, signed, power in _FIELDS[type(node)]:
+        for salt, (field, signed, power) in enumerate(_FIELDS[type(node)]):
             tree = getattr(node, field)
             if tree is None:
                 continue
             bound_tree = None if bound_node is None else getattr(bound_node, field)
 
-            def leaf(x, b=None, signed=signed, power=power):
-                return fn(x, signed, power, (b, node.count, next(salts)))
+            def leaf(x, b=None, signed=signed, power=power, salt=salt):
+                return fn(x, signed, power, (b, node.count, salt))
 
             if bound_tree is None:
                 changes[field] = jax.tree.map(leaf, tree)
