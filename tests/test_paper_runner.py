@@ -316,7 +316,9 @@ def test_reproduce_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, mo
     ]
     kept = runner.read_csv(b / "results.csv")
     assert len({runner.run_key(r) for r in kept}) == 2  # the two finished groups (1 run each)
-    assert json.loads((b / "run.json").read_text())["status"] == "interrupted"
+    stopped = json.loads((b / "run.json").read_text())
+    assert stopped["status"] == "interrupted"
+    assert stopped["figure_seconds"]["fig1"] > 0 and stopped["figure_cpu_seconds"]["fig1"] > 0
     monkeypatch.setattr(train, "train_runs_with_steps", real)
     assert run_cli("fig1", "--tiny", "--out", str(b), "--resume") == 0
     assert (a / "results.csv").read_bytes() == (b / "results.csv").read_bytes()

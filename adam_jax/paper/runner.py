@@ -506,7 +506,7 @@ def run(
     """Run the experiments of ``figures`` over ``seeds``; returns all result rows, in the same
     order whether or not some came from ``results`` (a resumed run). The training time of each
     figure is added to ``seconds`` (wall clock) and ``cpu_seconds`` (this process's CPU time,
-    which a machine shared with other work does not inflate)."""
+    which a machine shared with other work does not inflate), also when Ctrl-C stops it."""
     figures = list(figures)
     seconds = {} if seconds is None else seconds
     cpu_seconds = {} if cpu_seconds is None else cpu_seconds
@@ -515,11 +515,14 @@ def run(
         if figure not in figures:
             continue
         start, cpu_start = time.perf_counter(), time.process_time()
-        for panel in PANELS:
-            if panel.figure == figure:
-                rows += run_panel(panel, datasets[panel.dataset], budget, seeds, results, progress)
-        if figure == "fig4":
-            rows += run_vae_grid(datasets["mnist"], budget, seeds, results, progress)
-        seconds[figure] = seconds.get(figure, 0.0) + time.perf_counter() - start
-        cpu_seconds[figure] = cpu_seconds.get(figure, 0.0) + time.process_time() - cpu_start
+        try:
+            for panel in PANELS:
+                if panel.figure == figure:
+                    ds = datasets[panel.dataset]
+                    rows += run_panel(panel, ds, budget, seeds, results, progress)
+            if figure == "fig4":
+                rows += run_vae_grid(datasets["mnist"], budget, seeds, results, progress)
+        finally:  # an interrupted sitting's time counts too: run.json sums the sittings
+            seconds[figure] = seconds.get(figure, 0.0) + time.perf_counter() - start
+            cpu_seconds[figure] = cpu_seconds.get(figure, 0.0) + time.process_time() - cpu_start
     return rows
