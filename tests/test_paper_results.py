@@ -12,9 +12,29 @@ START = "<!-- claims table: generated from results/quick/summary.md -->"
 END = "<!-- end of claims table -->"
 
 
-def readme_block() -> str:
+FULL_START = "<!-- full-run claims: generated from results/full_*/summary.md -->"
+FULL_END = "<!-- end of full-run claims -->"
+
+
+def readme_block(start: str = START, end: str = END) -> str:
     text = (REPO / "README.md").read_text()
-    return text[text.index(START) + len(START) : text.index(END)].strip()
+    return text[text.index(start) + len(start) : text.index(end)].strip()
+
+
+def full_runs_table() -> str:
+    """The claims of every committed full run (results/full_*), one table (the rules are the
+    quick table's)."""
+    rows = [
+        "| figure | claim of the paper | measured (mean ± sd over seeds) | seeds | verdict | run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for folder in sorted(REPO.glob("results/full_*")):
+        for line in claims.claims_table((folder / "summary.md").read_text()).splitlines():
+            if line.startswith("| Fig"):
+                figure, claim, _rule, measured, seeds, verdict = line[2:-2].split(" | ")
+                run = f"`{folder.relative_to(REPO).as_posix()}`"
+                rows.append(f"| {figure} | {claim} | {measured} | {seeds} | {verdict} | {run} |")
+    return "\n".join(rows)
 
 
 def test_readme_claims_table_is_the_committed_summarys():
@@ -47,3 +67,21 @@ def test_committed_quick_run_is_of_the_current_code():
     assert info["adam_jax"] == adam_jax.__version__
     for ds in runner.load_data(runner.FIGURES, runner.QUICK, None).values():
         assert ds.source in summary, f"results/quick was run on other data than {ds.source!r}"
+
+
+def test_readme_full_run_table_is_the_committed_summaries():
+    assert readme_block(FULL_START, FULL_END) == full_runs_table(), (
+        "README's full-run table differs from results/full_*/summary.md: regenerate it with "
+        "python -m tests.test_paper_results"
+    )
+
+
+if __name__ == "__main__":  # write both generated tables into the README
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    for start, end, table in [
+        (START, END, claims.claims_table((QUICK / "summary.md").read_text())),
+        (FULL_START, FULL_END, full_runs_table()),
+    ]:
+        text = text[: text.index(start) + len(start)] + "\n" + table + "\n" + text[text.index(end) :]
+    readme.write_text(text)
