@@ -255,9 +255,9 @@ def _reproduce(args: argparse.Namespace) -> int:
         for field, total in totals.items():
             if not all(field in s for s in sittings):
                 continue  # a sitting of an older version did not measure it: no partial sums
-            for s in sittings:
-                for fig, sec in s[field].items():
-                    total[fig] = round(total.get(fig, 0.0) + sec, 1)
+            for fig in runner.FIGURES:  # in figure order, whichever sitting ran them first
+                if any(fig in s[field] for s in sittings):
+                    total[fig] = round(sum(s[field].get(fig, 0.0) for s in sittings), 1)
         fields = ("figure_seconds", "figure_cpu_seconds")
         rounded = [
             {**s, **{f: {k: round(v, 1) for k, v in s[f].items()} for f in fields if f in s}}
