@@ -375,6 +375,28 @@ def test_figures_in_parallel_equal_one_process_and_survive_ctrl_c(tmp_path):
     assert "figures in 2 parallel processes" in (par / "summary.md").read_text()
 
 
+def test_a_failing_figure_process_stops_the_run_and_names_its_log(tmp_path, monkeypatch, capsys):
+    from adam_jax.paper import parallel
+
+    def command(args, size, figure, seeds, part):
+        code = 3 if figure == "fig2" else 0  # fig2's process fails at once; the others do nothing
+        return [
+            sys.executable,
+            "-c",
+            f"import sys, time; time.sleep({0 if code else 30}); sys.exit({code})",
+        ]
+
+    monkeypatch.setattr(parallel, "_command", command)
+    out = tmp_path / "o"
+    assert run_cli("all", "--tiny", "--jobs", "2", "--out", str(out)) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"error: fig2 stopped with exit code 3; its output is in {out / 'parts' / 'fig2' / 'log.txt'}"
+        in err
+    )
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+
+
 @pytest.mark.parametrize("jobs", ["0", "-1", "x"])
 def test_bad_jobs_exit_2(jobs, capsys):
     with pytest.raises(SystemExit) as info:
