@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from adam_jax import _extras
 
@@ -92,24 +93,33 @@ def check_interrupted() -> None:
         raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command; Ctrl-C anywhere (start-up included) exits with code 130 and one line."""
+@contextlib.contextmanager
+def ctrl_c_recorded() -> Iterator[None]:
+    """Within it, Ctrl-C goes through :func:`_on_ctrl_c` (and :func:`check_interrupted` sees it)."""
     _interrupted.clear()
     try:
         previous = signal.signal(signal.SIGINT, _on_ctrl_c)
     except ValueError:  # not the main thread: keep Python's handler
         previous = None
     try:
-        args = build_parser().parse_args(argv)
-        code = args.func(args)
-        check_interrupted()
-        return code
-    except KeyboardInterrupt:
-        print("adam-jax: interrupted (Ctrl-C)", file=sys.stderr)
-        return 130
+        yield
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; Ctrl-C anywhere (start-up included) exits with code 130 and one line."""
+    with ctrl_c_recorded():
+        try:
+            args = build_parser().parse_args(argv)
+            code = args.func(args)
+            if code != 130:  # 130: the command has said it was interrupted
+                check_interrupted()
+            return code
+        except KeyboardInterrupt:
+            print("adam-jax: interrupted (Ctrl-C)", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -397,6 +397,26 @@ def test_a_failing_figure_process_stops_the_run_and_names_its_log(tmp_path, monk
     assert json.loads((out / "run.json").read_text())["status"] == "failed"
 
 
+def test_python_m_adam_jax_paper_handles_ctrl_c_as_adam_jax_does(monkeypatch, capsys):
+    """``python -m adam_jax.paper`` records Ctrl-C like ``adam-jax``: one lost in a callback
+    (the flag set, the exception dropped) still ends the command with 130."""
+    handlers = []
+
+    def reproduce(args):
+        handlers.append(signal.getsignal(signal.SIGINT))
+        cli._interrupted.set()  # as if the exception of a Ctrl-C had been dropped
+        return 0
+
+    monkeypatch.setattr(paper_cli, "reproduce", reproduce)
+    assert paper_cli.main(["fig1", "--tiny"]) == 130
+    assert handlers == [cli._on_ctrl_c] and signal.getsignal(signal.SIGINT) is not cli._on_ctrl_c
+    assert capsys.readouterr().err.strip() == "interrupted"
+    # a Ctrl-C that reproduce caught and reported (returning 130) is not reported twice
+    monkeypatch.setattr(paper_cli, "reproduce", lambda args: cli._interrupted.set() or 130)
+    assert paper_cli.main(["fig1", "--tiny"]) == 130
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("jobs", ["0", "-1", "x"])
 def test_bad_jobs_exit_2(jobs, capsys):
     with pytest.raises(SystemExit) as info:
