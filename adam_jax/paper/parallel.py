@@ -84,7 +84,8 @@ def merge(out: Path, figures: list[str]) -> list[dict]:
 
 def run(args, size: str, figures: list[str], seeds: list[int], out: Path, jobs: int, bar,
         sitting: dict) -> list[dict]:  # fmt: skip
-    """Run ``figures`` in up to ``jobs`` processes; returns the merged rows. Each figure's
+    """Run ``figures`` in up to ``jobs`` processes, showing their progress on the tqdm ``bar``;
+    returns the merged rows. Each figure's
     training time (wall and CPU, as its own process measured them) goes into ``sitting``. On
     Ctrl-C the workers are asked to stop, the rows they finished are merged, and
     KeyboardInterrupt is raised again; a worker's error raises :class:`WorkerFailed`."""
@@ -93,7 +94,7 @@ def run(args, size: str, figures: list[str], seeds: list[int], out: Path, jobs: 
     waiting = [f for f in ORDER if f in figures]
     started: list[str] = []
     running: dict[str, tuple[subprocess.Popen, object]] = {}
-    base = bar.total if bar is not None else 0
+    base = bar.total
     try:
         while waiting or running:
             while waiting and len(running) < jobs:
@@ -123,11 +124,10 @@ def run(args, size: str, figures: list[str], seeds: list[int], out: Path, jobs: 
                         f"{figure} stopped with exit code {code}; its output is in "
                         f"{part_dir(out, figure) / 'log.txt'}"
                     )
-            if bar is not None:
-                counts = [_progress(part_dir(out, f)) for f in figures]
-                bar.total = base + sum(g for _, g in counts)
-                bar.n = sum(d for d, _ in counts)
-                bar.refresh()
+            counts = [_progress(part_dir(out, f)) for f in figures]
+            bar.total = base + sum(g for _, g in counts)
+            bar.n = sum(d for d, _ in counts)
+            bar.refresh()
     except BaseException:
         _stop(running)
         merge(out, figures)
@@ -167,6 +167,3 @@ def _collect_times(out: Path, figures: list[str], sitting: dict) -> None:
             continue  # an earlier sitting's
         for field in ("figure_seconds", "figure_cpu_seconds"):
             sitting[field].update(last.get(field, {}))
-    for field in ("figure_seconds", "figure_cpu_seconds"):  # in figure order, as one process's
-        times = sitting[field]
-        sitting[field] = {f: times[f] for f in runner.FIGURES if f in times}
