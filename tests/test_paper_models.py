@@ -101,6 +101,23 @@ def test_vae_loss_matches_numpy():
     np.testing.assert_allclose(float(loss), np.mean(rec + kl), rtol=1e-4)
 
 
+def test_conv_matches_a_direct_numpy_convolution():
+    """'SAME' 5x5 convolution, odd and even sizes, several channels: against four nested sums."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 6, 5, 3))
+    w = rng.normal(size=(5, 5, 3, 4))
+    b = rng.normal(size=4)
+    padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    expected = np.zeros((2, 6, 5, 4))
+    for i in range(6):
+        for j in range(5):
+            window = padded[:, i : i + 5, j : j + 5, :]  # (batch, 5, 5, c_in)
+            expected[:, i, j, :] = np.einsum("nhwc,hwco->no", window, w) + b
+    with jax.enable_x64(True):
+        got = models._conv(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b))
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_max_pool_and_cnn_shapes():
     x = jnp.arange(25.0).reshape(1, 5, 5, 1)
     pooled = models.max_pool(x)[0, :, :, 0]
