@@ -6,11 +6,14 @@ sharded exactly like the parameter), plus one float32 scale per block. Blocks ru
 axis of the parameter (the last axes merged when the last one is shorter than a block), so the
 leading axes, and the last one when a shard holds whole blocks, keep the parameter's sharding.
 
-A stored value is ``scale * (code / Q) ** power``: ``scale`` bounds the magnitude of every value in
-its block, ``Q`` is 127 (signed ``int8``, the first moment) or 255 (``uint8``, second moments and
-AdaMax's infinity norm), and the power compands the codes so that small values keep relative
-precision: ``power = 2`` for ``m`` and ``u`` (which scale like ``|g|``) and ``power = 4`` for ``v``
-(which scales like ``g^2``; it is ``sqrt(v)`` that is stored with ``power = 2``).
+A stored value is ``scale * f(code)``: ``scale`` bounds the magnitude of every value in its block,
+and ``f`` reads the code as a small floating-point number in [0, 1] (in [-1, 1] for signed codes):
+an exponent field of ``e`` bits and ``8 - e`` mantissa bits (``7 - e`` and a sign bit for ``int8``),
+with subnormals, and the largest exponent standing for 1.0. Floating-point codes keep the same
+relative precision across the block's range: ``m`` and AdaMax's ``u`` (which scale like ``|g|``)
+use 4 exponent bits, a range of 2^-17 of the block's largest value; ``v`` and AMSGrad's maximum
+(which scale like ``g^2``) use 5, a range of 2^-33. Encoding and decoding are then integer
+operations on the float32 bits (a shift, an add and a bit cast), with no roots or powers.
 
 **One pass per step.** The update (``quantized_moments``) decodes the stored moments, runs the
 wrapped transformation on them, and encodes the new moments, all elementwise, so XLA fuses decode,
@@ -28,19 +31,21 @@ block, gives the new scales; the only reduction over the parameters is ``max|g|`
 **Rounding.** Codes are rounded stochastically, unbiased in the stored value (not the code): a
 moving average with ``b2 = 0.999`` changes by 0.1% a step, far less than the code spacing, and
 rounded to nearest it would never move (see
-``test_stochastic_rounding_is_unbiased_and_lets_a_slow_average_move``). The random numbers come
-from the step count, the element's position in its leaf and which moment it is (an R2
-sequence), so runs and resumes are reproducible, a sharded run draws the same numbers as one
-device, and elements holding equal values still round independently. Leaves of the same shape
+``test_stochastic_rounding_is_unbiased_and_lets_a_slow_average_move``). Between two neighbouring
+codes the values are evenly spaced, so adding random bits below the kept mantissa bits, then
+truncating, rounds up with probability equal to the distance travelled. The random bits come
+from the step count, the element's position in its leaf and which moment it is (a Weyl
+sequence over the positions, shifted by a hash of the step), so runs and resumes are
+reproducible, a sharded run draws the same numbers as one device, and elements holding equal
+values still round independently. Leaves of the same shape
 share the numbers, so that they share compiled kernels (see ``_map_fields``). A positive second
 moment is never rounded to 0, so ``m / (sqrt(v) + eps)`` cannot blow up because of the storage.
 
-**CPU cost.** Measured with ``adam-jax bench --8bit`` (see the README): the work per element, not
-memory traffic, sets the time on CPU, so the encode avoids what XLA:CPU runs slowly: codes are
-converted to integers by the ``1.5 * 2^23`` trick instead of a clamping float-to-int conversion,
-the per-block inverse scales are computed once per block, the positions for the rounding numbers
-come from iotas along short inner axes, and ``max|g|`` comes from one two-output (max, min)
-reduction.
+**CPU cost.** Measured with ``adam-jax bench --8bit`` (see the README): the work per element sets
+the time on CPU, so the format avoids square roots (an earlier format, companded by powers of the
+code, needed one to three per element and ran about twice as slow), the per-block inverse scales
+are computed once per block, the positions for the rounding numbers come from iotas along short
+inner axes, and ``max|g|`` comes from one two-output (max, min) reduction.
 
 **Scales** saturate at 2^126: a gradient whose square overflows float32 leaves a finite state,
 and the inverse of every scale is still a normal float32 (a subnormal one is flushed to 0 on CPU).
@@ -75,27 +80,28 @@ _SCALE_MAX = 2.0**126
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["codes", "scales"],
-    meta_fields=["dtype", "block_size", "power"],
+    meta_fields=["dtype", "block_size", "exponent_bits"],
 )
 @dataclasses.dataclass(frozen=True, repr=False)
 class QuantizedMoment:
-    """One moment of one parameter, stored as ``scales * (codes / Q) ** power`` block by block.
+    """One moment of one parameter, stored as ``scales * f(codes)`` block by block.
 
     Attributes:
-      codes: ``int8`` (signed values, Q = 127) or ``uint8`` (non-negative values, Q = 255), in the
-        parameter's shape.
+      codes: ``int8`` (values of either sign) or ``uint8`` (non-negative values), in the
+        parameter's shape: 8-bit floating-point numbers in [-1, 1] (see :func:`code_values`).
       scales: ``float32``, one per block: an upper bound of ``|value|`` over the block. Shape: the
         parameter's leading axes, then the number of blocks (see :func:`block_layout`).
       dtype: the dtype of the moment the codes stand for (what :func:`dequantize` returns).
       block_size: the most elements a block holds.
-      power: the companding exponent (2: ``|g|``-like values, 4: ``g^2``-like values).
+      exponent_bits: the exponent field's width (4: ``|g|``-like values, 5: ``g^2``-like
+        values); the rest of the code's bits, after the sign, are the mantissa.
     """
 
     codes: Any
     scales: Any
     dtype: np.dtype
     block_size: int
-    power: int
+    exponent_bits: int
 
     def __repr__(self) -> str:
         def show(x: Any) -> str:
@@ -106,7 +112,7 @@ class QuantizedMoment:
         return (
             f"QuantizedMoment(codes={show(self.codes)}, scales={show(self.scales)}, "
             f"dtype={jnp.dtype(self.dtype).name}, block_size={self.block_size}, "
-            f"power={self.power})"
+            f"exponent_bits={self.exponent_bits})"
         )
 
 
@@ -209,8 +215,24 @@ def _per_element(per_block: jax.Array, like: jax.Array, block_size: int) -> jax.
     return x
 
 
-def _levels(codes_dtype: np.dtype) -> float:
-    return float(jnp.iinfo(codes_dtype).max)
+def _layout(signed: bool, exponent_bits: int) -> tuple[int, int, int]:
+    """(mantissa bits, the exponent ``E`` of 1.0, the largest code) of a code format."""
+    mantissa = 8 - exponent_bits - int(signed)
+    top = (1 << exponent_bits) - 1
+    return mantissa, top, (top - 1) << mantissa
+
+
+def code_values(signed: bool, exponent_bits: int) -> np.ndarray:
+    """The value of every code from 0 up to the largest, in float64, from the format's
+    definition. Code ``k``, with exponent field ``e = k >> mb`` and mantissa ``f`` (its low ``mb``
+    bits), stands for ``w - 2^(1 - E)``, where ``w = 2^(e + 1 - E) (1 + f / 2^mb)`` is an
+    ordinary floating-point number and ``E = 2^bits - 1``: code 0 is 0, the largest code
+    ``(E - 1) 2^mb`` is ``1 - 2^(1 - E)``, and the spacing near 0 is ``2^(1 - E - mb)``, as
+    with subnormals. A signed code ``-k`` stands for minus the value of ``k``."""
+    mb, top, largest = _layout(signed, exponent_bits)
+    k = np.arange(largest + 1)
+    e, f = k >> mb, (k & ((1 << mb) - 1)).astype(np.float64)
+    return 2.0 ** (e + 1 - top) * (1 + f / 2**mb) - 2.0 ** (1 - top)
 
 
 def _wrap_int32(value: int) -> np.int32:
@@ -219,17 +241,23 @@ def _wrap_int32(value: int) -> np.int32:
     return np.int32(value - (1 << 32) if value >= 1 << 31 else value)
 
 
-def _dither(bits: jax.Array, salt: jax.Array) -> jax.Array:
-    """Numbers in [0, 1) for stochastic rounding, one per element of the int32 array ``bits``
-    (the elements' positions): the fractional part of ``bits * phi + salt * psi`` in 32-bit
-    fixed point (the R2 sequence; phi and psi are the fractions of the golden and plastic
-    ratios). Over the steps (``salt`` = step + a constant) each element's numbers are
-    equidistributed, which is what makes the rounding unbiased on average. They cost three
-    integer operations per element (int32, wrapping: a uint32 to float conversion is slow on
-    CPU) and need no PRNG key in the state, so resumes are bit-identical."""
-    phi, psi = 0x9E3779B9, 0xC13FA9A9
-    x = bits * _wrap_int32(phi) + salt.astype(jnp.int32) * _wrap_int32(psi)
-    return (x >> 8).astype(jnp.float32) * (1.0 / (1 << 24)) + 0.5  # top 24 bits, as [0, 1)
+def _random_bits(positions: jax.Array, salt: jax.Array, bits: int) -> jax.Array:
+    """``bits`` random bits (an int32 in [0, 2^bits)) per element of the int32 array
+    ``positions``: the top bits of ``positions * phi + hash(salt)`` in 32-bit fixed point, where
+    phi is the golden ratio's fraction (a Weyl sequence: at one step, the elements' numbers are
+    evenly spread over [0, 1)). The salt (step + a constant) goes through an integer hash (the
+    MurmurHash3 finaliser) so that one element's numbers are unrelated from step to step: with
+    an evenly stepping salt they would be, and a value that decays slowly over a coarse grid
+    drifted by 3% in 200 steps (``test_stochastic_rounding_is_unbiased_and_lets_a_slow_average_
+    move``). The hash is one scalar per step; per element this is three integer operations, and
+    no PRNG key is kept in the state, so resumes are bit-identical."""
+    h = salt.astype(jnp.int32)
+    for shift, factor in ((16, 0x85EBCA6B), (13, 0xC2B2AE35), (16, None)):
+        h = h ^ jax.lax.shift_right_logical(h, jnp.int32(shift))
+        if factor is not None:
+            h = h * _wrap_int32(factor)
+    x = positions * _wrap_int32(0x9E3779B9) + h
+    return jax.lax.shift_right_logical(x, jnp.int32(32 - bits))
 
 
 def _positions(shape: tuple[int, ...]) -> jax.Array:
@@ -250,57 +278,46 @@ def _encode(
     scales: jax.Array,
     *,
     signed: bool,
-    power: int,
+    exponent_bits: int,
     block_size: int,
-    threshold: jax.Array | float = 0.5,
+    salt: jax.Array | None = None,
 ) -> jax.Array:
     """Codes of ``x`` against per-block ``scales`` (bounds of |x|).
 
-    Between the two neighbouring codes the value goes up where ``(value - lower) / (upper -
-    lower)`` exceeds ``threshold``: 0.5 rounds to the nearer decoded value; uniform numbers in
-    [0, 1) (:func:`_dither`) round stochastically, unbiased in the decoded value. Values beyond
-    the scale (there are none when the scale is a bound) saturate at the largest code.
+    ``w = |x| / scale + 2^(1 - E)`` (see :func:`code_values`) is rounded in its float32 bits: the
+    mantissa bits the format drops are replaced by random bits drawn from ``salt``, added before
+    truncating, which rounds up with probability equal to the dropped fraction (unbiased in the
+    stored value); without ``salt``, by half their range (to nearest). Values beyond the scale
+    (there are none when the scale is a bound) and NaN saturate at the largest code.
     """
-    codes_dtype = np.dtype(np.int8 if signed else np.uint8)
-    levels = _levels(codes_dtype)
-    top = levels**power  # the largest code's c^power
-    # In code units: s = top * |x| / scale in [0, top], and code c stands for c^power. A scale
-    # below the smallest normal float32 counts as 0 (its block decodes as 0). The division comes
-    # last, so XLA computes the per-block inverse once, into a small array, instead of inlining
-    # the whole per-block chain into the elementwise kernel and redoing it for every vector.
+    mb, top, largest = _layout(signed, exponent_bits)
+    drop = 23 - mb  # the float32 mantissa bits the code drops
+    # A scale below the smallest normal float32 counts as 0 (its block decodes as 0). The inverse
+    # is taken per block, once, before it is spread over the block's elements.
     inv = 1.0 / jnp.where(scales >= _F32_TINY, scales, jnp.inf)
-    s = jnp.abs(x.astype(jnp.float32)) * _per_element(inv, x, block_size) * top
-    s = jnp.where(s < top, s, top)  # saturate (and map NaN to the top: it is not silently 0)
-    y = jnp.sqrt(s)
-    if power == 4:
-        y = jnp.sqrt(y)
-    lo = jnp.minimum(jnp.floor(y), levels - 1.0)  # s = top: between q - 1 and q
-    low, high = _power(lo, power), _power(lo + 1.0, power)
-    if not signed:  # a positive second moment never becomes 0: from code 0 it always goes up
-        threshold = jnp.where(lo > 0, threshold, 0.0)
-    c = lo + (s - low > threshold * (high - low)).astype(jnp.float32)  # up w.p. (s-low)/(high-low)
+    u = jnp.abs(x.astype(jnp.float32)) * _per_element(inv, x, block_size)
+    if salt is None:
+        r = jnp.int32(1 << (drop - 1))
+    else:
+        r = _random_bits(_positions(tuple(x.shape)), salt, drop)
+    w = jax.lax.bitcast_convert_type(u + np.float32(2.0 ** (1 - top)), jnp.int32)
+    # w >= 2^(1 - E), whose bits are (128 - E) << 23: the difference is non-negative (or, for NaN,
+    # beyond the largest code), so an arithmetic shift is exact.
+    k = jnp.minimum((w - ((128 - top) << 23) + r) >> drop, largest)
     if signed:
-        c = jnp.copysign(c, x.astype(jnp.float32))
-    return _to_codes(c, codes_dtype)
+        return jnp.where(x < 0, -k, k).astype(jnp.int8)
+    # A positive second moment never becomes 0: the smallest code at least.
+    return jnp.maximum(k, (u > 0).astype(jnp.int32)).astype(jnp.uint8)
 
 
-def _to_codes(c: jax.Array, codes_dtype: np.dtype) -> jax.Array:
-    """Whole numbers ``c`` in the range of ``codes_dtype``, converted exactly but without the
-    clamping and NaN checks of a float-to-int conversion: ``c + 1.5 * 2^23`` holds ``c`` in its
-    low mantissa bits, and the narrowing integer conversion keeps the low 8 bits."""
-    bits = jax.lax.bitcast_convert_type(c + 12582912.0, jnp.int32)  # 0x4B400000 + c
-    return bits.astype(codes_dtype)
-
-
-def _power(c: jax.Array, power: int) -> jax.Array:
-    """c ** power for power 2 or 4, by squaring."""
-    c2 = c * c
-    return c2 * c2 if power == 4 else c2
-
-
-def _decode(codes: jax.Array, scales: jax.Array, power: int, block_size: int) -> jax.Array:
-    c = codes.astype(jnp.float32) * (1.0 / _levels(codes.dtype))  # in [-1, 1]
-    unit = c * jnp.abs(c) if power == 2 else _power(c, power)  # power 4 codes are unsigned
+def _decode(codes: jax.Array, scales: jax.Array, exponent_bits: int, block_size: int) -> jax.Array:
+    signed = codes.dtype == jnp.int8
+    mb, top, _ = _layout(signed, exponent_bits)
+    c = codes.astype(jnp.int32)
+    w = ((jnp.abs(c) if signed else c) + ((128 - top) << mb)) << (23 - mb)
+    unit = jax.lax.bitcast_convert_type(w, jnp.float32) - np.float32(2.0 ** (1 - top))
+    if signed:
+        unit = jnp.where(c < 0, -unit, unit)
     return unit * _per_element(scales, codes, block_size)
 
 
@@ -312,15 +329,22 @@ _block_max_of = jax.jit(_block_max, static_argnums=1)
 _decoded = jax.jit(_decode, static_argnums=(2, 3))
 
 
-@functools.partial(jax.jit, static_argnames=("signed", "power", "block_size"))
+@functools.partial(jax.jit, static_argnames=("signed", "exponent_bits", "block_size"))
 def _requantize(
-    new: jax.Array, bound: jax.Array, seed: jax.Array, *, signed: bool, power: int, block_size: int
+    new: jax.Array,
+    bound: jax.Array,
+    seed: jax.Array,
+    *,
+    signed: bool,
+    exponent_bits: int,
+    block_size: int,
 ) -> tuple[jax.Array, jax.Array]:
     """Codes and scales of a new moment ``new``, whose values the per-block ``bound`` bounds,
     rounded stochastically with the numbers of ``seed``."""
     scales = jnp.minimum(bound.astype(jnp.float32), _SCALE_MAX)
-    noise = _dither(_positions(tuple(new.shape)), seed)
-    codes = _encode(new, scales, signed=signed, power=power, block_size=block_size, threshold=noise)
+    codes = _encode(
+        new, scales, signed=signed, exponent_bits=exponent_bits, block_size=block_size, salt=seed
+    )
     return codes, scales
 
 
@@ -329,7 +353,7 @@ def quantize(
     block_size: int,
     *,
     signed: bool = True,
-    power: int = 2,
+    exponent_bits: int = 4,
     salt: jax.Array | None = None,
 ) -> QuantizedMoment:
     """Store ``x`` as 8-bit codes with one float32 scale (the block's max |x|) per block.
@@ -338,21 +362,20 @@ def quantize(
       x: a real floating-point array (non-negative when ``signed=False``).
       block_size: the most elements per block (>= 1).
       signed: ``int8`` codes for values of either sign; ``uint8`` for non-negative values.
-      power: companding exponent, 2 or 4 (see the module docstring).
+      exponent_bits: the codes' exponent field (see the module docstring): 4 or 5.
       salt: an integer scalar: round stochastically (unbiased), with numbers drawn from it; without
         it round to the nearest stored value.
     """
     scales = jnp.minimum(_block_max(x, block_size), _SCALE_MAX)
-    threshold = 0.5 if salt is None else _dither(_positions(tuple(x.shape)), salt)
     codes = _encode(
-        x, scales, signed=signed, power=power, block_size=block_size, threshold=threshold
+        x, scales, signed=signed, exponent_bits=exponent_bits, block_size=block_size, salt=salt
     )
-    return QuantizedMoment(codes, scales, jnp.dtype(x.dtype), block_size, power)
+    return QuantizedMoment(codes, scales, jnp.dtype(x.dtype), block_size, exponent_bits)
 
 
 def dequantize(q: QuantizedMoment) -> jax.Array:
     """The array ``q`` stands for, in its shape and dtype."""
-    return _decoded(q.codes, q.scales, q.power, q.block_size).astype(q.dtype)
+    return _decoded(q.codes, q.scales, q.exponent_bits, q.block_size).astype(q.dtype)
 
 
 class QuantizedMomentsState(NamedTuple):
@@ -361,10 +384,11 @@ class QuantizedMomentsState(NamedTuple):
     inner_state: Any
 
 
-# Which fields of which states are moments, and how each is stored: (field, signed, power).
+# Which fields of which states are moments, and how each is stored: (field, signed, exponent
+# bits). The infinity norm u scales like |g| and is non-negative: 4 exponent, 4 mantissa bits.
 _FIELDS = {
-    ScaleByAdamState: (("mu", True, 2), ("nu", False, 4), ("nu_max", False, 4)),
-    ScaleByAdamaxState: (("mu", True, 2), ("nu", False, 2)),
+    ScaleByAdamState: (("mu", True, 4), ("nu", False, 5), ("nu_max", False, 5)),
+    ScaleByAdamaxState: (("mu", True, 4), ("nu", False, 4)),
 }
 
 
@@ -439,10 +463,10 @@ def quantized_moments(
                 "8 bits; wrap adam_jax.adam/adamax (or a chain containing their rescalers)."
             )
 
-        def empty(x: jax.Array, signed: bool, power: int) -> QuantizedMoment:
+        def empty(x: jax.Array, signed: bool, bits: int) -> QuantizedMoment:
             codes = _tree.zeros_like(x, lambda _: jnp.dtype(jnp.int8 if signed else jnp.uint8))
             return QuantizedMoment(
-                codes, _block_max(x, block_size), jnp.dtype(x.dtype), block_size, power
+                codes, _block_max(x, block_size), jnp.dtype(x.dtype), block_size, bits
             )
 
         return QuantizedMomentsState(_map_fields(inner, lambda x, s, p, _: empty(x, s, p)))
@@ -470,13 +494,13 @@ def quantized_moments(
         )
         _, bounds = tx.update(g_max, bound_inner, None if params is None else reduced(params))
 
-        def encode(new: jax.Array, signed: bool, power: int, where: tuple) -> QuantizedMoment:
+        def encode(new: jax.Array, signed: bool, bits: int, where: tuple) -> QuantizedMoment:
             bound, count, salt = where
             seed = count + jnp.int32(salt * 0x01000193 % (1 << 31))
             codes, scales = _requantize(
-                new, bound, seed, signed=signed, power=power, block_size=block_size
+                new, bound, seed, signed=signed, exponent_bits=bits, block_size=block_size
             )
-            return QuantizedMoment(codes, scales, jnp.dtype(new.dtype), block_size, power)
+            return QuantizedMoment(codes, scales, jnp.dtype(new.dtype), block_size, bits)
 
         new_stored = _map_fields(new_inner, encode, bounds)
         return updates_out, QuantizedMomentsState(new_stored)
@@ -486,7 +510,7 @@ def quantized_moments(
 
 def _map_fields(state: PyTree, fn, bounds: PyTree | None = None) -> PyTree:
     """Replace every moment leaf ``x`` of every Adam/AdaMax state in ``state`` by
-    ``fn(x, signed, power, (bound, count, salt))``: ``bound`` is the matching leaf of ``bounds``
+    ``fn(x, signed, exponent_bits, (bound, count, salt))``: ``bound`` is the matching leaf of ``bounds``
     (a state of the same structure), ``count`` the state's step and ``salt`` the moment's number
     (0 for ``m``, 1 for ``v`` or ``u``, 2 for AMSGrad's maximum), for the rounding bits.
 
@@ -508,14 +532,14 @@ def _map_fields(state: PyTree, fn, bounds: PyTree | None = None) -> PyTree:
             return node
         bound_node = None if bound_nodes is None else next(bound_nodes)
         changes = {}
-        for salt, (field, signed, power) in enumerate(_FIELDS[type(node)]):
+        for salt, (field, signed, bits) in enumerate(_FIELDS[type(node)]):
             tree = getattr(node, field)
             if tree is None:
                 continue
             bound_tree = None if bound_node is None else getattr(bound_node, field)
 
-            def leaf(x, b=None, signed=signed, power=power, salt=salt):
-                return fn(x, signed, power, (b, node.count, salt))
+            def leaf(x, b=None, signed=signed, bits=bits, salt=salt):
+                return fn(x, signed, bits, (b, node.count, salt))
 
             if bound_tree is None:
                 changes[field] = jax.tree.map(leaf, tree)

@@ -17,6 +17,7 @@ from adam_jax.paper import data, models, train
 from adam_jax.quantize import (
     QuantizedMoment,
     block_layout,
+    code_values,
     dequantize,
     quantize,
     quantized_moments,
@@ -47,40 +48,75 @@ def _numpy_blocks(x: np.ndarray, block_size: int) -> tuple[np.ndarray, int]:
     return padded.reshape(rows.shape[0], blocks, block), n
 
 
-@pytest.mark.parametrize("signed, power", [(True, 2), (False, 2), (False, 4)])
+def _grid(signed: bool, exponent_bits: int) -> np.ndarray:
+    """Every magnitude a code stands for, written out from the format's definition: the
+    float numbers w = 2^(e - E) (1 + f / 2^mb) with exponent fields e = 1..E (E = 2^bits - 1)
+    and mb = 8 - bits - sign mantissa bits, up to w = 1, each shifted down by the smallest one
+    (2^(1 - E)), so that the first is 0 and the last is 1 - 2^(1 - E)."""
+    mb = 8 - exponent_bits - int(signed)
+    top = 2**exponent_bits - 1
+    w = [2.0 ** (e - top) * (1 + f / 2**mb) for e in range(1, top) for f in range(2**mb)]
+    return np.array([*w, 1.0]) - 2.0 ** (1 - top)
+
+
+def test_signed_codes_are_float8_e4m3fn_numbers_scaled_and_shifted():
+    """The signed 4-exponent-bit codes against an independent float8: ml_dtypes' e4m3fn (bias
+    7). Magnitude code k is the e4m3fn number with bits k + 8, times 2^-8, minus 2^-14."""
+    import ml_dtypes
+
+    k = np.arange(113, dtype=np.uint8)
+    fp8 = (k + 8).view(ml_dtypes.float8_e4m3fn).astype(np.float64)
+    np.testing.assert_array_equal(_grid(True, 4), fp8 * 2.0**-8 - 2.0**-14)
+    np.testing.assert_array_equal(code_values(True, 4), _grid(True, 4))
+    for signed, bits in [(False, 5), (False, 4)]:
+        np.testing.assert_array_equal(code_values(signed, bits), _grid(signed, bits))
+    codes = jnp.asarray(np.concatenate([k.astype(np.int8), -k[1:].astype(np.int8)]))
+    q = QuantizedMoment(codes, jnp.ones(1), jnp.dtype(jnp.float32), 256, 4)
+    sign = np.sign(np.asarray(codes, np.float64))
+    want = sign * (np.concatenate([fp8, fp8[1:]]) * 2.0**-8 - 2.0**-14)
+    np.testing.assert_array_equal(np.asarray(dequantize(q), np.float64), want)
+
+
+@pytest.mark.parametrize("signed, exponent_bits", [(True, 4), (False, 5), (False, 4)])
 @pytest.mark.parametrize(
     "shape, block_size", [((37, 53), 7), ((37, 53), 256), ((5, 3, 8), 16), ((3, 1009), 256)]
 )
-def test_round_trip_error_within_half_a_grid_step(shape, block_size, signed, power):
+def test_round_trip_error_within_half_a_grid_step(shape, block_size, signed, exponent_bits):
     rng = np.random.default_rng(0)
     x = rng.normal(size=shape) * 10.0 ** rng.uniform(-4, 4, size=shape)
     if not signed:
-        x = np.abs(x) ** (power / 2)  # second moments: non-negative, squared magnitudes
+        x = np.abs(x) ** (exponent_bits - 3)  # g^2-like values for 5 bits, |g|-like for 4
     x[1] = 0.0
-    q = quantize(jnp.asarray(x, jnp.float32), block_size, signed=signed, power=power)
+    q = quantize(
+        jnp.asarray(x, jnp.float32), block_size, signed=signed, exponent_bits=exponent_bits
+    )
     back = np.asarray(dequantize(q), np.float64)
     assert back.shape == x.shape and q.codes.shape == x.shape
     assert q.codes.dtype == (jnp.int8 if signed else jnp.uint8)
     np.testing.assert_array_equal(back[1], 0.0)
-    # The grid: scale * (c/Q)^power for integer codes c, scale = the block's max |x|.
-    levels = 127.0 if signed else 255.0
-    blocks, _ = _numpy_blocks(np.abs(x), block_size)
+    # The grid point at or below each value and the next one, scale = the block's max |x|.
+    grid = _grid(signed, exponent_bits)
+    blocks, _ = _numpy_blocks(np.abs(x.astype(np.float32)), block_size)
     scale = blocks.max(axis=-1, keepdims=True)
     unit = np.divide(blocks, scale, out=np.zeros_like(blocks), where=scale > 0)
-    lo = np.minimum(np.floor(unit ** (1 / power) * levels), levels - 1)
-    step = scale * (((lo + 1) / levels) ** power - (lo / levels) ** power)
+    i = np.clip(np.searchsorted(grid, unit, side="right") - 1, 0, len(grid) - 2)
+    step = scale * (grid[i + 1] - grid[i])
     allowed = step / 2
     if not signed:  # a positive value is never stored as 0: up to one step below the first code
-        allowed = np.where((lo == 0) & (blocks > 0), step, allowed)
-    err, _ = _numpy_blocks(np.abs(back - x), block_size)
+        allowed = np.where((i == 0) & (blocks > 0), step, allowed)
+    # Above the largest code (1 - 2^(1 - E)) values saturate to it.
+    allowed = np.maximum(allowed, (unit - grid[-1]) * scale)
+    err, _ = _numpy_blocks(np.abs(back - x.astype(np.float32)), block_size)
     assert np.all(err <= allowed * (1 + 1e-5) + 1e-37 * (1 + scale))
 
 
 def test_zero_subnormal_and_tiny_blocks_decode_without_nan():
-    for signed, power in [(True, 2), (False, 2), (False, 4)]:
+    for signed, bits in [(True, 4), (False, 5), (False, 4)]:
         for x in ([1e-36, 0.0], [0.0, 0.0], [1e-40, 0.0], [3e-39, 1e-45], [1e-30, 1e-36]):
             back = np.asarray(
-                dequantize(quantize(jnp.asarray(x, jnp.float32), 64, signed=signed, power=power))
+                dequantize(
+                    quantize(jnp.asarray(x, jnp.float32), 64, signed=signed, exponent_bits=bits)
+                )
             )
             assert np.all(np.isfinite(back)), (x, back)
             assert np.all(np.abs(back - np.asarray(x, np.float32)) <= 0.01 * max(x) + 1e-37)
@@ -127,7 +163,10 @@ def test_quantized_updates_track_the_reference(make, ref_fn, options):
     for k in ref:
         assert np.all(np.isfinite(np.asarray(ours[k])))
         err = np.linalg.norm(np.asarray(ours[k]) - ref[k]) / np.linalg.norm(ref[k])
-        assert err < 0.05, (k, err)  # 7-8 bit codes keep about 2 significant digits
+        # 8-bit floats with 3 mantissa bits (4 for AdaMax's u) are 6-12.5% apart, so each stored
+        # value carries an unbiased rounding error of up to that much: about one significant
+        # digit (measured 2-9% here; the training-loss tests below are the quality bar).
+        assert err < 0.12, (k, err)
     moment_states = [
         n
         for n in jax.tree.leaves(state, is_leaf=lambda n: isinstance(n, QuantizedMoment))
@@ -155,16 +194,16 @@ def test_one_step_from_a_stored_state_is_float32_adam_up_to_rounding():
         np.testing.assert_allclose(
             np.asarray(got_u["w"]), np.asarray(want_u["w"]), rtol=1e-4, atol=1e-6
         )
-        for field, q in [("mu", 127.0), ("nu", 255.0)]:
+        for field, bits in [("mu", 4), ("nu", 5)]:
             stored = getattr(state.inner_state, field)["w"]
             back, exact = np.asarray(dequantize(stored)), np.asarray(getattr(want, field)["w"])
             scale = np.repeat(np.asarray(stored.scales), 256, axis=-1)
             assert np.all(np.abs(exact) <= scale * (1 + 1e-6)), (t, field)  # the bound holds
-            power = 2 if field == "mu" else 4
             # One grid step at the value (stochastic rounding goes to either neighbour).
-            y = np.minimum(np.floor((np.abs(exact) / scale) ** (1 / power) * q), q - 1)
-            grid = scale * (((y + 1) / q) ** power - (y / q) ** power)
-            assert np.all(np.abs(back - exact) <= grid * (1 + 1e-5) + 1e-30), (t, field)
+            grid = _grid(field == "mu", bits)
+            i = np.clip(np.searchsorted(grid, np.abs(exact) / scale, "right") - 1, 0, len(grid) - 2)
+            step = scale * (grid[i + 1] - grid[i])
+            assert np.all(np.abs(back - exact) <= step * (1 + 1e-5) + 1e-30), (t, field)
 
 
 def _trajectories(grads, params, **adam_options):
@@ -225,7 +264,8 @@ def test_tiny_and_huge_gradients_keep_the_state_finite(dtype, spike):
     assert np.all(np.isfinite(ours))
     chex_finite(state)
     others = [0, 2, 3]
-    tol = 0.02 if dtype == jnp.float32 else 0.05  # 40 steps of 0.01: 5% of the largest travel
+    # 40 steps of 0.01: 10% of the largest travel (3-bit mantissas, rounded stochastically)
+    tol = 0.04 if dtype == jnp.float32 else 0.05
     assert np.max(np.abs(ours - ref)[:, others]) <= tol
     steps = np.abs(np.diff(ours, axis=0)) / lr
     bound = (1 - 0.9) / np.sqrt(1 - 0.999)  # Section 2.1, the sparse case
@@ -241,7 +281,9 @@ def test_half_precision_parameters_track_float32_adam():
         out = _trajectories(grads, params)
         chex_finite(out["8bit"][1])
         err = np.abs(out["8bit"][0] - out["f32"][0])
-        assert np.max(err[-1]) < 0.05 and np.mean(err[-1]) < 0.01, dtype
+        # The largest of 2,400 parameters after 50 steps of 0.01 (bf16 spacing at |w| ~ 2-4 is
+        # 0.016-0.031); the mean is the tighter check.
+        assert np.max(err[-1]) < 0.08 and np.mean(err[-1]) < 0.01, dtype
 
 
 def test_complex_parameters_are_refused_at_init():
@@ -277,7 +319,7 @@ def test_state_is_a_pytree_for_eval_shape_tree_utilities_and_repr():
     assert jax.tree.structure(doubled) == jax.tree.structure(state)
     assert repr(state.inner_state[0].nu["w"]) == (
         "QuantizedMoment(codes=uint8[8, 512], scales=float32[8, 2], dtype=float32, "
-        "block_size=256, power=4)"
+        "block_size=256, exponent_bits=5)"
     )
     jax.eval_shape(tx.update, params, abstract, params)
 
@@ -290,7 +332,9 @@ def test_stochastic_rounding_is_unbiased_and_lets_a_slow_average_move():
     means = [
         float(
             jnp.mean(
-                dequantize(quantize(x, 4096, signed=False, power=4, salt=jnp.uint32(s)))[0, 1:]
+                dequantize(quantize(x, 4096, signed=False, exponent_bits=5, salt=jnp.uint32(s)))[
+                    0, 1:
+                ]
             )
         )
         for s in range(8)
@@ -299,9 +343,9 @@ def test_stochastic_rounding_is_unbiased_and_lets_a_slow_average_move():
     v_sr = v_rn = x
     for step in range(200):
         v_sr = dequantize(
-            quantize(0.999 * v_sr, 4096, signed=False, power=4, salt=jnp.uint32(step))
+            quantize(0.999 * v_sr, 4096, signed=False, exponent_bits=5, salt=jnp.uint32(step))
         )
-        v_rn = dequantize(quantize(0.999 * v_rn, 4096, signed=False, power=4))
+        v_rn = dequantize(quantize(0.999 * v_rn, 4096, signed=False, exponent_bits=5))
         v_sr, v_rn = v_sr.at[0, 0].set(1.0), v_rn.at[0, 0].set(1.0)
     assert float(jnp.min(v_rn[0, 1:])) > 0.29  # stuck near 0.3; the true value is 0.2456
     np.testing.assert_allclose(float(jnp.mean(v_sr[0, 1:])), 0.3 * 0.999**200, rtol=0.01)
@@ -353,7 +397,7 @@ def test_rounding_in_the_optimizer_lets_a_slow_average_of_equal_elements_move():
     for _ in range(199):
         _, state = update(zeros, state, params)
     u = np.asarray(dequantize(state.inner_state.nu["w"]), np.float64)[0]
-    assert u[0] == 1.0
+    assert u[0] == code_values(False, 4)[-1]  # the block maximum: the largest code (scale 1)
     np.testing.assert_allclose(np.mean(u[1:]), 0.3 * 0.999**199, rtol=0.01)
 
 
