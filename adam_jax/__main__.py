@@ -1,5 +1,3 @@
-import sys
+from adam_jax.cli import run
 
-from adam_jax.cli import main
-
-sys.exit(main())
+run()

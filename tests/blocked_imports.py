@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-_SITECUSTOMIZE = '''
+_SITECUSTOMIZE = """
 import importlib.abc
 import os
 import sys
@@ -28,7 +28,7 @@ class _Blocker(importlib.abc.MetaPathFinder):
 
 
 sys.meta_path.insert(0, _Blocker())
-'''
+"""
 
 
 def env_without(tmp_path: Path, modules: Iterable[str]) -> dict[str, str]:

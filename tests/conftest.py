@@ -18,7 +18,6 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-
 def _package_dirs() -> tuple[str, ...]:
     """The checkout's ``adam_jax/`` and the one Python will import (they differ when installed)."""
     dirs = {str(Path(__file__).resolve().parent.parent / "adam_jax")}

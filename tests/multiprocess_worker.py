@@ -77,7 +77,6 @@ def main(port: int, process_id: int, num_processes: int, out: str) -> None:
     from jax.sharding import AxisType, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-
     assert jax.process_count() == num_processes and jax.local_device_count() == 2
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
     specs = {"w1": P(None, "data"), "b1": P(), "w2": P()}

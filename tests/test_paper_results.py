@@ -83,5 +83,7 @@ if __name__ == "__main__":  # write both generated tables into the README
         (START, END, claims.claims_table((QUICK / "summary.md").read_text())),
         (FULL_START, FULL_END, full_runs_table()),
     ]:
-        text = text[: text.index(start) + len(start)] + "\n" + table + "\n" + text[text.index(end) :]
+        text = (
+            text[: text.index(start) + len(start)] + "\n" + table + "\n" + text[text.index(end) :]
+        )
     readme.write_text(text)

@@ -1,9 +1,8 @@
-import sys
-
 from adam_jax import _extras
 
 _extras.exit_if_missing("paper", "python -m adam_jax.paper")
 
+from adam_jax.cli import leave  # noqa: E402
 from adam_jax.paper.cli import main  # noqa: E402 (needs the extra checked above)
 
-sys.exit(main())
+leave(main())

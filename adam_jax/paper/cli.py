@@ -394,16 +394,8 @@ def _selection_notes(rows: list[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m adam_jax.paper``; Ctrl-C is handled as by ``adam-jax``."""
-    from adam_jax.cli import check_interrupted, ctrl_c_recorded
+    from adam_jax.cli import interruptible
 
     parser = argparse.ArgumentParser(prog="python -m adam_jax.paper", description=__doc__)
     add_arguments(parser)
-    with ctrl_c_recorded():
-        try:
-            code = reproduce(parser.parse_args(argv))
-            if code != 130:  # 130: reproduce has said it was interrupted
-                check_interrupted()  # a Ctrl-C whose exception a garbage-collection callback lost
-            return code
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+    return interruptible(lambda: reproduce(parser.parse_args(argv)), "interrupted")
