@@ -41,7 +41,7 @@ def make_tx():
 def make_tx_8bit():
     import adam_jax
 
-    return adam_jax.quantized_moments(adam_jax.adam(1e-2))
+    return adam_jax.quantized_moments(adam_jax.adam(1e-2), min_size=0)
 
 
 def make_step(tx):

@@ -182,6 +182,7 @@ def test_8bit_comparison_prints_its_table():
         "| 0M flat (0.0M)",
         "| GPT-2 block (7.1M)",
         "| compile, 2 leaves (s)",
+        "| compile, 2 leaves, every leaf in 8 bits (min_size=0) (s)",
     ]
 
 

@@ -21,7 +21,11 @@ STATES = {
         {"w": "train", "b": "train", "n": "frozen"},
     ),
     "inject_hyperparams": lambda: optax.inject_hyperparams(adam_jax.adam)(learning_rate=1e-2),
-    "quantized_moments": lambda: adam_jax.quantized_moments(adam_jax.adam(1e-2)),
+    "quantized_moments": lambda: adam_jax.quantized_moments(adam_jax.adam(1e-2), min_size=0),
+    # "w" in 8 bits, "b" (under min_size) in float32
+    "quantized_moments-mixed": lambda: adam_jax.quantized_moments(
+        adam_jax.adam(1e-2), min_size=1000
+    ),
     "monitor": lambda: adam_jax.monitor(adam_jax.adam(1e-2)),
     "temporal_averaging": lambda: optax.chain(
         adam_jax.adamax(1e-2), adam_jax.temporal_averaging(0.9)

@@ -245,7 +245,7 @@ CONSTRUCTORS = [
     ("masked", lambda: optax.masked(adam_jax.adam(1e-2, b1=0.8, b2=0.99), MASK), 1e-2, 0.8, 0.99),
     (
         "quantized_moments",
-        lambda: adam_jax.quantized_moments(adam_jax.adam(1e-2, b1=0.8, b2=0.99)),
+        lambda: adam_jax.quantized_moments(adam_jax.adam(1e-2, b1=0.8, b2=0.99), min_size=0),
         1e-2,
         0.8,
         0.99,
@@ -408,7 +408,7 @@ def test_hyperparams_record_survives_wrappers_jit_and_eval_shape():
         base,
         optax.chain(optax.clip(1.0), base),
         optax.masked(base, MASK),
-        adam_jax.quantized_moments(base),
+        adam_jax.quantized_moments(base, min_size=0),
         optax.apply_if_finite(base, 3),
         optax.inject_hyperparams(adam_jax.adam, static_args=("learning_rate",))(1e-2, b1=0.8),
     ]

@@ -158,7 +158,7 @@ def test_layout_keeps_leading_axes_and_bytes_stay_at_most_2_1_per_parameter():
 )
 def test_quantized_updates_track_the_reference(make, ref_fn, options):
     grads = reference.gradient_sequence(200, dtype=np.float32)
-    ours, state = run_updates(quantized_moments(make(**options), block_size=4), grads)
+    ours, state = run_updates(quantized_moments(make(**options), block_size=4, min_size=0), grads)
     ref = reference_per_leaf(ref_fn, grads, **options)
     for k in ref:
         assert np.all(np.isfinite(np.asarray(ours[k])))
@@ -180,7 +180,7 @@ def test_one_step_from_a_stored_state_is_float32_adam_up_to_rounding():
     float32 Adam from the decoded state, within the storage's rounding."""
     rng = np.random.default_rng(3)
     p = {"w": jnp.asarray(rng.normal(size=(16, 512)), jnp.float32)}
-    tx8, tx32 = quantized_moments(adam_jax.scale_by_adam()), adam_jax.scale_by_adam()
+    tx8, tx32 = quantized_moments(adam_jax.scale_by_adam(), min_size=0), adam_jax.scale_by_adam()
     state = tx8.init(p)
     for t in range(30):
         g = {"w": jnp.asarray(rng.normal(size=(16, 512)) * 10.0 ** rng.uniform(-3, 1), jnp.float32)}
@@ -209,7 +209,7 @@ def test_one_step_from_a_stored_state_is_float32_adam_up_to_rounding():
 def _trajectories(grads, params, **adam_options):
     out = {}
     for kind, tx in [
-        ("8bit", quantized_moments(adam_jax.adam(1e-2, **adam_options))),
+        ("8bit", quantized_moments(adam_jax.adam(1e-2, **adam_options), min_size=0)),
         ("f32", adam_jax.adam(1e-2, **adam_options)),
     ]:
         thetas, state = param_trajectory(tx, grads, params)
@@ -287,7 +287,7 @@ def test_half_precision_parameters_track_float32_adam():
 
 
 def test_complex_parameters_are_refused_at_init():
-    tx = quantized_moments(adam_jax.adam(1e-3))
+    tx = quantized_moments(adam_jax.adam(1e-3), min_size=0)
     with pytest.raises(TypeError, match=r"parameter leaf \['c'\] is complex"):
         tx.init({"w": jnp.ones(3), "c": jnp.ones(3, jnp.complex64)})
 
@@ -299,15 +299,48 @@ def test_arguments_are_checked_at_construction():
     for bad in [0, 2.5, -3, True, "64"]:
         with pytest.raises(ValueError, match="block_size"):
             quantized_moments(adam_jax.adam(), block_size=bad)
-    tx = quantized_moments(adam_jax.adam(), block_size=np.int64(64))
+    for bad in [-1, 2.5, True, "64"]:
+        with pytest.raises(ValueError, match="min_size"):
+            quantized_moments(adam_jax.adam(), min_size=bad)
+    tx = quantized_moments(adam_jax.adam(), block_size=np.int64(64), min_size=np.int64(0))
     state = tx.init({"w": jnp.zeros((4, 64))})
     assert state.inner_state[0].mu["w"].scales.shape == (4, 1)
     with pytest.raises(ValueError, match="no scale_by_adam/scale_by_adamax state"):
         quantized_moments(optax.sgd(1e-3)).init({"w": jnp.zeros(3)})
 
 
+def test_leaves_under_min_size_keep_the_float32_moments_of_tx():
+    """By default leaves under 4096 elements keep tx's own float32 moments: their updates are
+    those of float32 adam_jax.adam, bit for bit, and match optax.adam; the large leaf is stored in
+    8 bits."""
+    params = {"w": jnp.ones((64, 128)), "b": jnp.zeros(4095), "s": jnp.zeros(())}
+    txs = {
+        "8bit": quantized_moments(adam_jax.adam(1e-2)),
+        "f32": adam_jax.adam(1e-2),
+        "optax": optax.adam(1e-2),
+    }
+    states = {k: tx.init(params) for k, tx in txs.items()}
+    mu = states["8bit"].inner_state[0].mu
+    assert isinstance(mu["w"], QuantizedMoment)
+    assert all(isinstance(mu[k], jax.Array) and mu[k].dtype == jnp.float32 for k in ("b", "s"))
+    for step in range(5):
+        keys = jax.random.split(jax.random.PRNGKey(step), 3)
+        grads = {
+            k: jax.random.normal(key, params[k].shape) * 10.0**step
+            for k, key in zip(params, keys, strict=True)
+        }
+        out = {}
+        for k, tx in txs.items():
+            out[k], states[k] = jax.jit(tx.update)(grads, states[k], params)
+        for leaf in ("b", "s"):
+            np.testing.assert_array_equal(out["8bit"][leaf], out["f32"][leaf])
+            np.testing.assert_allclose(out["8bit"][leaf], out["optax"][leaf], rtol=5e-5, atol=1e-9)
+        if step:  # (the first update is +-lr for both)
+            assert not np.array_equal(out["8bit"]["w"], out["f32"]["w"])  # 8 bits do round
+
+
 def test_state_is_a_pytree_for_eval_shape_tree_utilities_and_repr():
-    tx = quantized_moments(adam_jax.adam(1e-3, amsgrad=True))
+    tx = quantized_moments(adam_jax.adam(1e-3, amsgrad=True), min_size=0)
     params = {"w": jnp.zeros((8, 512)), "b": jnp.zeros(8)}
     abstract = jax.eval_shape(tx.init, params)
     state = tx.init(params)
@@ -388,7 +421,7 @@ def test_rounding_in_the_optimizer_lets_a_slow_average_of_equal_elements_move():
     same value and see the same (zero) gradient: their mean must follow 0.3 * 0.999^t, which
     needs numbers that differ between elements (a dither drawn from the values alone rounds them
     all alike, and one trajectory drifts by several code steps)."""
-    tx = quantized_moments(adam_jax.scale_by_adamax(b2=0.999), block_size=4096)
+    tx = quantized_moments(adam_jax.scale_by_adamax(b2=0.999), block_size=4096, min_size=0)
     params = {"w": jnp.zeros((1, 4096))}
     state = tx.init(params)
     update = jax.jit(tx.update)
@@ -407,7 +440,7 @@ def test_leaves_of_one_shape_share_compiled_kernels():
     tracing does each per-leaf step once per shape."""
     import re
 
-    tx = quantized_moments(adam_jax.adam(1e-3), block_size=64)
+    tx = quantized_moments(adam_jax.adam(1e-3), block_size=64, min_size=0)
 
     def kernels(n: int) -> tuple[int, int]:
         params = [jnp.ones((32, 128)) * (i + 1) for i in range(n)]

@@ -9,6 +9,8 @@ bit-identically to the run that never stopped; so do ``optax.masked`` states.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import numpy as np
 import optax
@@ -23,11 +25,13 @@ SPECS = {"w": P("x", "y"), "e": P(None, "y"), "b": P("y"), "s": P("x", None), "r
 SHAPES = {"w": (16, 1024), "e": (8, 512), "b": (1024,), "s": (64, 10), "r": (3,)}
 
 OPTIMIZERS = {
-    "adam": lambda: adam_jax.quantized_moments(adam_jax.adam(1e-2)),
+    "adam": lambda: adam_jax.quantized_moments(adam_jax.adam(1e-2), min_size=0),
     "amsgrad-schedule": lambda: adam_jax.quantized_moments(
-        adam_jax.adam(adam_jax.inverse_sqrt_schedule(1e-2), amsgrad=True), block_size=64
+        adam_jax.adam(adam_jax.inverse_sqrt_schedule(1e-2), amsgrad=True), block_size=64, min_size=0
     ),
-    "adamax": lambda: adam_jax.quantized_moments(adam_jax.adamax(1e-2)),
+    "adamax": lambda: adam_jax.quantized_moments(adam_jax.adamax(1e-2), min_size=0),
+    # "s" and "r" are under min_size: float32 moments beside 8-bit ones
+    "mixed": lambda: adam_jax.quantized_moments(adam_jax.adam(1e-2), min_size=1000),
 }
 
 
@@ -120,8 +124,9 @@ def test_state_is_partitioned_like_the_parameters(name, axis_type):
     # Every moment's codes are sharded exactly like its parameter; the scales along the leading
     # axes (and the block axis where shards hold whole blocks): one device, its share.
     moments = _quantized(state)
-    assert len(moments) == len(SHAPES) * (3 if "amsgrad" in name else 2)
-    for q, k in zip(moments, sorted(SHAPES) * 3, strict=False):
+    stored = sorted(k for k in SHAPES if name != "mixed" or math.prod(SHAPES[k]) >= 1000)
+    assert len(moments) == len(stored) * (3 if "amsgrad" in name else 2)
+    for q, k in zip(moments, stored * 3, strict=False):
         assert q.codes.sharding.is_equivalent_to(params[k].sharding, params[k].ndim)
         shard = q.codes.addressable_shards[0].data.shape
         assert shard == params[k].addressable_shards[0].data.shape
@@ -139,7 +144,7 @@ def test_state_is_partitioned_like_the_parameters(name, axis_type):
 
 @pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=str)
 def test_eager_init_is_partitioned_like_the_parameters(axis_type):
-    tx = adam_jax.quantized_moments(adam_jax.adam(1e-2))
+    tx = adam_jax.quantized_moments(adam_jax.adam(1e-2), min_size=0)
     mesh = jax.make_mesh((4, 2), ("x", "y"), axis_types=(axis_type, axis_type))
     with jax.set_mesh(mesh):
         params = _place(_host(), mesh)
@@ -150,11 +155,14 @@ CHECKPOINTED = {
     **OPTIMIZERS,
     "masked-adam": lambda: optax.masked(adam_jax.adam(1e-2), {k: k != "r" for k in SHAPES}),
     "partition-8bit": lambda: optax.partition(
-        {"8bit": adam_jax.quantized_moments(adam_jax.adam(1e-2)), "frozen": optax.set_to_zero()},
+        {
+            "8bit": adam_jax.quantized_moments(adam_jax.adam(1e-2), min_size=0),
+            "frozen": optax.set_to_zero(),
+        },
         {k: "frozen" if k == "r" else "8bit" for k in SHAPES},
     ),
     "masked-8bit": lambda: optax.masked(
-        adam_jax.quantized_moments(adam_jax.adam(1e-2)), {k: k != "b" for k in SHAPES}
+        adam_jax.quantized_moments(adam_jax.adam(1e-2), min_size=0), {k: k != "b" for k in SHAPES}
     ),
 }
 
