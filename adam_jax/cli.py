@@ -160,7 +160,13 @@ def leave(code: int) -> NoReturn:
 
 def run() -> NoReturn:
     """The ``adam-jax`` console script and ``python -m adam_jax``."""
-    leave(main())
+    try:
+        code = main()
+    except SystemExit as stop:  # ``adam-jax demo`` exits 130 itself on Ctrl-C
+        if stop.code != 130:
+            raise
+        code = 130
+    leave(code)
 
 
 if __name__ == "__main__":

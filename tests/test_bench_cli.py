@@ -208,6 +208,26 @@ def test_ctrl_c_during_bench_exits_130_with_one_line(delay):
     assert err.strip().splitlines() == ["adam-jax: interrupted (Ctrl-C)"], err[-2000:]
 
 
+@pytest.mark.parametrize("how", ["returns 130", "raises SystemExit(130)", "returns 0"])
+def test_after_ctrl_c_the_process_ends_without_python_shutdown(tmp_path, how):
+    """Exit code 130 (returned by a command, or raised as ``adam-jax demo`` does) ends the process
+    at once: Python's shutdown segfaulted after an interrupted XLA compile. The atexit handler
+    shows whether the shutdown ran; other exit codes keep it."""
+    body = {"returns 130": "130", "raises SystemExit(130)": "sys.exit(130)", "returns 0": "0"}
+    (tmp_path / "command_then_exit.py").write_text(
+        "import atexit, sys\n"
+        "from adam_jax import cli\n"
+        "atexit.register(lambda: print('shutdown ran'))\n"
+        f"cli.main = lambda: {body[how]}\n"
+        "cli.run()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "command_then_exit"], cwd=tmp_path, capture_output=True, text=True
+    )
+    code = 0 if how == "returns 0" else 130
+    assert (done.returncode, done.stdout) == (code, "shutdown ran\n" if code == 0 else ""), done
+
+
 def test_ctrl_c_during_an_import_is_kept_for_later(tmp_path, monkeypatch):
     """An import is not interrupted (a half-imported torch ended the process with SIGINT or
     abort); the Ctrl-C is recorded and raised at the next check."""
