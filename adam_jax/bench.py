@@ -412,21 +412,79 @@ def _transformer_shapes(n: int) -> list[tuple[int, ...]]:
     return shapes
 
 
-def bench_8bit(n_params: int, rounds: int, inner: int, leaves: int = 200) -> list[str]:
+@dataclass
+class Row8:
+    """One row of ``adam-jax bench --8bit``: float32 against 8-bit moments, side by side."""
+
+    case: str
+    unit: str  # "ms" (a step) or "s" (lowering and compiling the jitted step)
+    float32: float  # median over rounds
+    eight_bit: float  # median over rounds
+    ratio: float  # 8-bit / float32: the median of the per-round ratios
+    float32_bytes: float | None  # state bytes per parameter (step rows)
+    eight_bit_bytes: float | None
+
+
+def format_8bit_table(rows: Sequence[Row8]) -> str:
+    lines = [
+        "| case | float32 | 8-bit | 8-bit / float32 | float32 B/param | 8-bit B/param |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        digits = 2 if r.unit == "ms" else 1
+        lines.append(
+            f"| {r.case} | {r.float32:.{digits}f} {r.unit} | {r.eight_bit:.{digits}f} {r.unit} | "
+            f"{r.ratio:.2f} | {_cell(r.float32_bytes)} | {_cell(r.eight_bit_bytes, 3)} |"
+        )
+    return "\n".join(lines)
+
+
+# The optimizers whose compile time ``--8bit`` measures, by name (built in a fresh process).
+COMPILED_8BIT = {
+    "float32": lambda: adam_jax.adam(LR),
+    "8bit": lambda: quantized_moments(adam_jax.adam(LR)),
+    "8bit, min_size=0": lambda: quantized_moments(adam_jax.adam(LR), min_size=0),
+}
+
+
+def _compile_probe(name: str, leaves: int) -> None:
+    """Run in a fresh process: print the seconds to lower and compile the jitted step of
+    ``COMPILED_8BIT[name]`` over ``leaves`` leaves of the small transformer."""
+    shapes = _transformer_shapes(16 * 2**20)[:leaves]
+    params, grads = _params(shapes, "float32"), _params(shapes, "float32", seed=1)
+    print(json.dumps(_jax_contender(COMPILED_8BIT[name](), params, grads).compile_s))
+
+
+def _compile_seconds(name: str, leaves: int) -> float:
+    """Lowering and compiling time of ``name``'s step, measured in a fresh Python process: what a
+    training script pays at its start, with no kernel or trace cached by an earlier compile."""
+    import subprocess
+
+    code = f"from adam_jax import bench; bench._compile_probe({name!r}, {leaves})"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"compiling {name!r} in a fresh process failed:\n{done.stderr[-2000:]}")
+    return float(done.stdout.split()[-1])
+
+
+def bench_8bit(
+    n_params: int, rounds: int, inner: int, leaves: int = 200
+) -> tuple[list[Row8], dict[str, list[float]]]:
     """8-bit moments (``quantized_moments``) against float32 adam_jax, side by side.
 
     Step time at ``n_params`` in one flat array and at GPT-2-small block shapes (one block, 7.1M),
-    interleaved round by round (median over rounds), and compile time of the jitted step at
+    interleaved round by round. Compile time (lowering and compiling the jitted step) at
     ``leaves`` leaves of a small transformer, with the default ``min_size`` (small leaves keep
-    float32 moments) and with every leaf in 8 bits. Returns the lines of a table of ratios.
+    float32 moments) and with every leaf in 8 bits: ``min(rounds, 5)`` interleaved rounds, each
+    compile in a fresh process. Medians over rounds; ratios are medians of per-round ratios.
+    Returns the rows and the compile seconds of every round.
     """
-    lines = [
-        "| case | float32 ms | 8-bit ms | 8-bit / float32 | float32 B/param | 8-bit B/param |",
-        "|---|---|---|---|---|---|",
-    ]
+    from adam_jax.cli import check_interrupted
+
+    rows = []
     for case, shapes in [
-        (f"{n_params / 2**20:.0f}M flat", [(n_params,)]),
-        ("GPT-2 block", GPT2_BLOCK),
+        (f"step, {n_params / 2**20:.0f}M flat", [(n_params,)]),
+        ("step, GPT-2 block", GPT2_BLOCK),
     ]:
         params = _params(shapes, "float32")
         grads = _params(shapes, "float32", seed=1)
@@ -435,29 +493,38 @@ def bench_8bit(n_params: int, rounds: int, inner: int, leaves: int = 200) -> lis
             "f32": _jax_contender(adam_jax.adam(LR), params, grads),
             "8bit": _jax_contender(quantized_moments(adam_jax.adam(LR)), params, grads),
         }
-        ms = {k: v * 1e3 for k, v in _interleaved_medians(contenders, rounds, inner).items()}
-        lines.append(
-            f"| {case} ({n / 1e6:.1f}M) | {ms['f32']:.2f} | {ms['8bit']:.2f} | "
-            f"{ms['8bit'] / ms['f32']:.2f} | {contenders['f32'].state_bytes / n:.2f} | "
-            f"{contenders['8bit'].state_bytes / n:.3f} |"
+        times = _interleaved_times(contenders, rounds, inner)
+        rows.append(
+            Row8(
+                case=f"{case} ({n / 1e6:.1f}M)",
+                unit="ms",
+                float32=statistics.median(times["f32"]) * 1e3,
+                eight_bit=statistics.median(times["8bit"]) * 1e3,
+                ratio=_paired(times, "8bit", "f32", operator.truediv),
+                float32_bytes=contenders["f32"].state_bytes / n,
+                eight_bit_bytes=contenders["8bit"].state_bytes / n,
+            )
         )
         del contenders
-    shapes = _transformer_shapes(16 * 2**20)[:leaves]
-    params, grads = _params(shapes, "float32"), _params(shapes, "float32", seed=1)
-    compile_s = {}
-    for name, tx in [
-        ("f32", adam_jax.adam(LR)),
-        ("8bit", quantized_moments(adam_jax.adam(LR))),
-        ("8bit, min_size=0", quantized_moments(adam_jax.adam(LR), min_size=0)),
-    ]:
-        compile_s[name] = _jax_contender(tx, params, grads).compile_s
+    compile_s: dict[str, list[float]] = {name: [] for name in COMPILED_8BIT}
+    for _ in range(min(rounds, 5)):
+        for name in COMPILED_8BIT:
+            check_interrupted()
+            compile_s[name].append(_compile_seconds(name, leaves))
     for name in ("8bit", "8bit, min_size=0"):
         label = "" if name == "8bit" else ", every leaf in 8 bits (min_size=0)"
-        lines.append(
-            f"| compile, {len(shapes)} leaves{label} (s) | {compile_s['f32']:.1f} | "
-            f"{compile_s[name]:.1f} | {compile_s[name] / compile_s['f32']:.2f} | | |"
+        rows.append(
+            Row8(
+                case=f"compile, {leaves} leaves{label}",
+                unit="s",
+                float32=statistics.median(compile_s["float32"]),
+                eight_bit=statistics.median(compile_s[name]),
+                ratio=_paired(compile_s, name, "float32", operator.truediv),
+                float32_bytes=None,
+                eight_bit_bytes=None,
+            )
         )
-    return lines
+    return rows, compile_s
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -572,8 +639,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--8bit",
         dest="eight_bit",
         action="store_true",
-        help="only compare 8-bit moments with float32: --params in one array (4M unless given), "
-        "a GPT-2-small block, and compile time at --leaves leaves (default 200)",
+        help="only compare 8-bit moments with float32: steps at --params in one array (4M "
+        "unless given) and at a GPT-2-small block, and compile time at --leaves leaves (default "
+        "200), each compile in a fresh process, over min(--rounds, 5) rounds",
     )
 
 
@@ -583,12 +651,11 @@ def main(args: argparse.Namespace) -> int:
         f"jax {jax.__version__}",
         flush=True,
     )
-    if args.eight_bit:
-        n, leaves = args.params or 4 * 2**20, args.leaves or 200
-        lines = bench_8bit(n, args.rounds or 15, args.inner or 5, leaves)
-        print("\n".join(lines), flush=True)
-        return 0
-    rounds, inner = args.rounds or 11, args.inner or 3
+    eight_bit = args.eight_bit
+    if eight_bit:
+        rounds, inner = args.rounds or 15, args.inner or 5
+    else:
+        rounds, inner = args.rounds or 11, args.inner or 3
     record = {
         "command": shlex.join(["adam-jax", *sys.argv[1:]]),
         "arguments": {
@@ -599,14 +666,21 @@ def main(args: argparse.Namespace) -> int:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device_kind": jax.devices()[0].device_kind,
         "backend": jax.default_backend(),
-        "torch_devices": _torch_devices(),
-        # torch's intra-op threads: on a loaded machine, more than one can slow torch many-fold
-        "torch_threads": None if _torch() is None else _torch().get_num_threads(),
         "versions": _versions(),
         "load_average_at_start": os.getloadavg()[0],
-        "rows": [],
     }
-    for case in plan(args):
+    if eight_bit:
+        n, leaves = args.params or 4 * 2**20, args.leaves or 200
+        rows8, compile_s = bench_8bit(n, rounds, inner, leaves)
+        print(format_8bit_table(rows8), flush=True)
+        record["rows_8bit"] = [asdict(r) for r in rows8]
+        record["compile_s_by_round"] = compile_s
+    else:
+        record["torch_devices"] = _torch_devices()
+        # torch's intra-op threads: on a loaded machine, more than one can slow torch many-fold
+        record["torch_threads"] = None if _torch() is None else _torch().get_num_threads()
+        record["rows"] = []
+    for case in [] if eight_bit else plan(args):
         rows = bench_case(case, args.dtype, args.contenders, rounds, inner)
         print("\n" + format_table(rows), flush=True)
         record["rows"] += [asdict(r) for r in rows]

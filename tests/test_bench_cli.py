@@ -173,17 +173,30 @@ def test_contenders_selects_a_subset_besides_the_references(tmp_path):
     ]
 
 
-def test_8bit_comparison_prints_its_table():
-    result = _bench("--8bit", "--params", "4096", "--leaves", "2", "--rounds", "1", "--inner", "1")
+def test_8bit_comparison_prints_its_table_and_writes_its_record(tmp_path):
+    """Steps timed side by side; each compile in a fresh process (``--rounds 1``: one round)."""
+    out = tmp_path / "8bit.json"
+    result = _bench(
+        "--8bit", "--params", "4096", "--leaves", "2", "--rounds", "1", "--inner", "1",
+        "--json", str(out),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    assert lines[1].startswith("| case | float32 ms | 8-bit ms | 8-bit / float32 |")
+    assert lines[1] == bench.format_8bit_table([]).splitlines()[0]
     assert [line.split(" |")[0] for line in lines[3:]] == [
-        "| 0M flat (0.0M)",
-        "| GPT-2 block (7.1M)",
-        "| compile, 2 leaves (s)",
-        "| compile, 2 leaves, every leaf in 8 bits (min_size=0) (s)",
+        "| step, 0M flat (0.0M)",
+        "| step, GPT-2 block (7.1M)",
+        "| compile, 2 leaves",
+        "| compile, 2 leaves, every leaf in 8 bits (min_size=0)",
     ]
+    record = json.loads(out.read_text())
+    rows = [bench.Row8(**r) for r in record["rows_8bit"]]
+    assert "\n".join(lines[1:7]) == bench.format_8bit_table(rows)
+    compiled = record["compile_s_by_round"]
+    assert sorted(compiled) == sorted(bench.COMPILED_8BIT)
+    assert all(len(v) == 1 and 0 < v[0] < 600 for v in compiled.values())
+    assert rows[2].ratio == compiled["8bit"][0] / compiled["float32"][0]
+    assert rows[0].eight_bit_bytes < 2.1 and abs(rows[0].float32_bytes - 8) < 0.01
 
 
 @pytest.mark.parametrize("delay", [0.5, 1.0, 2.5])
@@ -274,7 +287,7 @@ def test_an_error_after_ctrl_c_counts_as_the_interruption(capsys):
 def test_readme_bench_tables_are_committed_records_of_this_version():
     """Every README table marked as generated from a results/bench JSON record is that record's
     table, and the record was measured by this version (the default run: results/bench/cpu.json;
-    the 1000-leaf run: results/bench/cpu-1000-leaves.json)."""
+    the 1000-leaf run: results/bench/cpu-1000-leaves.json; ``--8bit``: results/bench/cpu-8bit.json)."""
     import re
     from importlib import metadata
     from pathlib import Path
@@ -283,7 +296,11 @@ def test_readme_bench_tables_are_committed_records_of_this_version():
     readme = (root / "README.md").read_text()
     marker = re.compile(r"<!-- bench table: generated from (results/bench/[\w.-]+\.json) -->")
     found = marker.findall(readme)
-    assert set(found) == {"results/bench/cpu.json", "results/bench/cpu-1000-leaves.json"}
+    assert set(found) == {
+        "results/bench/cpu.json",
+        "results/bench/cpu-1000-leaves.json",
+        "results/bench/cpu-8bit.json",
+    }
     for name in found:
         record = json.loads((root / name).read_text())
         assert record["versions"]["adam-jax"] == metadata.version("adam-jax"), (
@@ -293,7 +310,11 @@ def test_readme_bench_tables_are_committed_records_of_this_version():
         start = f"<!-- bench table: generated from {name} -->"
         block = readme[readme.index(start) + len(start) :]
         block = block[: block.index("<!-- end of bench table -->")]
-        assert block.strip() == bench.format_table([bench.Row(**r) for r in record["rows"]]), name
+        if "rows_8bit" in record:
+            table = bench.format_8bit_table([bench.Row8(**r) for r in record["rows_8bit"]])
+        else:
+            table = bench.format_table([bench.Row(**r) for r in record["rows"]])
+        assert block.strip() == table, name
 
 
 def test_ratios_and_overheads_pair_the_rounds():
