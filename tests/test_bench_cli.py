@@ -287,7 +287,8 @@ def test_an_error_after_ctrl_c_counts_as_the_interruption(capsys):
 def test_readme_bench_tables_are_committed_records_of_this_version():
     """Every README table marked as generated from a results/bench JSON record is that record's
     table, and the record was measured by this version (the default run: results/bench/cpu.json;
-    the 1000-leaf run: results/bench/cpu-1000-leaves.json; ``--8bit``: results/bench/cpu-8bit.json)."""
+    the 1000-leaf run: results/bench/cpu-1000-leaves.json; ``--8bit``: results/bench/cpu-8bit.json
+    and its repeat)."""
     import re
     from importlib import metadata
     from pathlib import Path
@@ -300,6 +301,7 @@ def test_readme_bench_tables_are_committed_records_of_this_version():
         "results/bench/cpu.json",
         "results/bench/cpu-1000-leaves.json",
         "results/bench/cpu-8bit.json",
+        "results/bench/cpu-8bit-repeat.json",
     }
     for name in found:
         record = json.loads((root / name).read_text())
@@ -350,3 +352,17 @@ def test_ctrl_c_inside_a_gc_callback_is_not_lost(capsys):
     with pytest.raises(KeyboardInterrupt):  # outside a callback it raises at once, as Python does
         cli._on_ctrl_c(signal.SIGINT, sys._getframe())
     cli._interrupted.clear()
+
+
+def test_readme_quotes_the_8bit_compile_rounds_of_the_records():
+    """The README's per-round compile ratios are those of the committed ``--8bit`` records."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = " ".join((root / "README.md").read_text().split())
+    quoted = []
+    for name in ("cpu-8bit.json", "cpu-8bit-repeat.json"):
+        rounds = json.loads((root / "results/bench" / name).read_text())["compile_s_by_round"]
+        ratios = [f"{a / b:.2f}" for a, b in zip(rounds["8bit"], rounds["float32"], strict=True)]
+        quoted.append(", ".join(ratios[:-1]) + " and " + ratios[-1])
+    assert f"rounds gave {quoted[0]}, then {quoted[1]}," in readme
