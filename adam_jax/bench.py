@@ -305,12 +305,6 @@ def _interleaved_times(contenders: dict, rounds: int, inner: int) -> dict[str, l
     return times
 
 
-def _interleaved_medians(contenders: dict, rounds: int, inner: int) -> dict[str, float]:
-    """The median over rounds of ``_interleaved_times``."""
-    times = _interleaved_times(contenders, rounds, inner)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def _paired(times: dict[str, list[float]], name: str, ref: str, op) -> float:
     """The median over rounds of ``op(name's time, ref's time)`` in the same round: drift of a
     shared machine between rounds cancels."""

@@ -455,9 +455,9 @@ def quantized_moments(
     those of ``tx``, as bitsandbytes does with its ``min_8bit_size`` of the same default: they
     hold a small share of a model's parameters but many of its leaves, and every 8-bit leaf adds
     its own kernels to compile. In a 200-leaf transformer (112 small leaves, 0.3% of the
-    parameters) this cut the compile time of a jitted step from 6.0x float32's to 2.9x, for
-    0.02 bytes per parameter (``adam-jax bench --8bit`` on a 2-core CPU: medians of 5 rounds,
-    each compile in a fresh process).
+    parameters) this cut the compile time of a jitted step from 5.1-6.0x float32's to 2.7-2.9x,
+    for 0.02 bytes per parameter (``adam-jax bench --8bit`` on a 2-core CPU, two runs: medians of
+    5 rounds, each compile in a fresh process).
 
     Args:
       tx: a transformation containing ``scale_by_adam``/``scale_by_adamax`` state, e.g.
