@@ -674,10 +674,10 @@ def main(args: argparse.Namespace) -> int:
         # torch's intra-op threads: on a loaded machine, more than one can slow torch many-fold
         record["torch_threads"] = None if _torch() is None else _torch().get_num_threads()
         record["rows"] = []
-    for case in [] if eight_bit else plan(args):
-        rows = bench_case(case, args.dtype, args.contenders, rounds, inner)
-        print("\n" + format_table(rows), flush=True)
-        record["rows"] += [asdict(r) for r in rows]
+        for case in plan(args):
+            rows = bench_case(case, args.dtype, args.contenders, rounds, inner)
+            print("\n" + format_table(rows), flush=True)
+            record["rows"] += [asdict(r) for r in rows]
     record["load_average_at_end"] = os.getloadavg()[0]
     if args.json:
         _write_json_atomically(args.json, record)

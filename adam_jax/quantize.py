@@ -539,6 +539,8 @@ def quantized_moments(
         reduced_params = None if params is None else jax.tree.map(per_block, params)
         _, bounds = tx.update(g_max, bound_inner, reduced_params)
 
+        hashes = {}  # one per moment and step, shared by all leaves (see _map_fields)
+
         def encode(new: jax.Array, signed: bool, bits: int, where: tuple) -> QuantizedMoment:
             if not _stored(new):
                 return new
@@ -555,7 +557,6 @@ def quantized_moments(
             )
             return QuantizedMoment(codes, scales, jnp.dtype(new.dtype), block_size, bits)
 
-        hashes = {}  # one per moment and step, shared by all leaves (see _map_fields)
         new_stored = _map_fields(new_inner, encode, bounds)
         return updates_out, QuantizedMomentsState(new_stored)
 
