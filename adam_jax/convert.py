@@ -49,16 +49,12 @@ def from_optax_state(
     Which adam_jax optimizer continues which optax optimizer *exactly* (same updates, to
     rounding), given the same hyperparameters:
 
-    ========================================  =================================================
-    optax                                      adam_jax
-    ========================================  =================================================
-    ``optax.adam(lr, b1, b2, eps, eps_root)``  ``adam_jax.adam(lr, b1, b2, eps, eps_root=...)``
-    ``optax.adamw(lr, ..., weight_decay,       ``adam_jax.adamw(lr, ..., weight_decay,
-    mask)``                                    mask=mask)``
-    ``optax.nadam`` (``adam(nesterov=True)``)  ``adam_jax.adam(..., nesterov=True)``
-    ``optax.amsgrad``                          ``adam_jax.adam(..., amsgrad=True)``
-    ``optax.adamax(lr, b1, b2, eps)``          ``adam_jax.compat.torch_adamax(lr, (b1, b2), eps)``
-    ========================================  =================================================
+    - ``optax.adam(lr, b1, b2, eps, eps_root=r)``: ``adam_jax.adam(lr, b1, b2, eps, eps_root=r)``
+    - ``optax.adamw(lr, b1, b2, eps, eps_root=r, weight_decay=wd, mask=mk)``:
+      ``adam_jax.adamw(lr, b1, b2, eps, wd, eps_root=r, mask=mk)``
+    - ``optax.nadam(...)`` (``optax.adam(..., nesterov=True)``): ``adam_jax.adam(..., nesterov=True)``
+    - ``optax.amsgrad(...)``: ``adam_jax.adam(..., amsgrad=True)``
+    - ``optax.adamax(lr, b1, b2, eps)``: ``adam_jax.compat.torch_adamax(lr, (b1, b2), eps)``
 
     Both Adams divide by ``sqrt(v_hat + eps_root) + eps`` (Algorithm 1's form); use the default
     ``eps_hat=False``. optax.adamax puts ``eps`` inside the maximum, ``u_t = max(b2 u, |g| + eps)``,
@@ -89,6 +85,9 @@ def from_optax_state(
       :func:`adam_jax.monitor`, :func:`adam_jax.kahan_summation`'s compensation,
       :func:`adam_jax.temporal_averaging`'s average, and the hyperparameter record of adam_jax's
       states (it describes ``tx``).
+
+    Works under ``jax.jit`` too (e.g. to place the state with ``out_shardings``); eagerly, each
+    moment is placed as the leaf of ``tx.init(params)`` it replaces.
 
     Args:
       optax_state: the state of an optax Adam-family optimizer, as its ``init``/``update``
@@ -121,10 +120,20 @@ def from_optax_state(
         return _convert_adam(src_path, src, path, node, params if in_flat else None)
 
     converted = _rebuild(target, adam_node)
-    steps = {int(np.asarray(src.count)) for _, src in sources}
-    step = steps.pop() if len(steps) == 1 else None
+    step = _common_step([src.count for _, src in sources])
     converted = _carry_schedules(optax_state, converted, step)
     return _carry_injected(optax_state, converted, step)
+
+
+def _common_step(counts: list[Any]) -> jax.Array | None:
+    """The step count of the optax Adam states when they agree (the one count when there is one,
+    also under ``jit``); ``None`` when they differ or cannot be compared while tracing."""
+    if len(counts) == 1:
+        return jnp.asarray(counts[0])
+    if any(isinstance(c, jax.core.Tracer) for c in counts):
+        return None
+    values = {int(np.asarray(c)) for c in counts}
+    return jnp.asarray(counts[0]) if len(values) == 1 else None
 
 
 # --- walking states -----------------------------------------------------------------------------
@@ -354,7 +363,7 @@ def _is_dtype_name(key: str) -> bool:
 # --- schedules and injected hyperparameters -----------------------------------------------------
 
 
-def _carry_schedules(optax_state: PyTree, target: PyTree, step: int | None) -> PyTree:
+def _carry_schedules(optax_state: PyTree, target: PyTree, step: jax.Array | None) -> PyTree:
     """Schedule counters paired in order when both sides hold the same kinds, else set to
     ``step`` (the Adam step count; kept as initialized when the Adam counts differ)."""
     sources = _find(optax_state, _SCHEDULE)
@@ -374,7 +383,7 @@ def _carry_schedules(optax_state: PyTree, target: PyTree, step: int | None) -> P
     return _rebuild(target, visit, _SCHEDULE)
 
 
-def _carry_injected(optax_state: PyTree, target: PyTree, step: int | None) -> PyTree:
+def _carry_injected(optax_state: PyTree, target: PyTree, step: jax.Array | None) -> PyTree:
     """``inject_hyperparams`` states: count and shared hyperparameter values paired in order when
     both sides hold the same number, else count set to ``step``."""
     sources = _find(optax_state, _INJECT)

@@ -98,6 +98,13 @@ def test_continuing_with_adam_jax_follows_optax(name):
     chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-6)
 
 
+def test_under_jit_the_same_state():
+    optax_tx, ours = CASES["adamw_mask_schedule"]
+    mid, optax_state, _ = _reference(optax_tx)
+    jitted = jax.jit(lambda s, p: from_optax_state(s, ours, p))(optax_state, mid)
+    chex.assert_trees_all_equal(jitted, from_optax_state(optax_state, ours, mid))
+
+
 def _assert_like(state, fresh):
     """Same tree, shapes and dtypes as ``fresh`` (a jitted step does not trace again)."""
     assert jax.tree.structure(state) == jax.tree.structure(fresh)
