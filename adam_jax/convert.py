@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax.schedules import _inject
 
 from adam_jax import _tree, flat, quantize, transforms
 
@@ -31,7 +30,12 @@ _ADAM_JAX = (transforms.ScaleByAdamState, transforms.ScaleByAdamaxState)
 _INJECT = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
 # Step counters of learning-rate schedules: optax.scale_by_learning_rate(schedule) keeps a
 # ScaleByScheduleState, optax.inject_hyperparams a WrappedScheduleState per scheduled value.
-_SCHEDULE = (optax.ScaleByScheduleState, _inject.WrappedScheduleState)
+try:  # optax does not export the class; without it, only ScaleByScheduleState counters carry
+    from optax.schedules._inject import WrappedScheduleState as _WrappedScheduleState
+except ImportError:  # pragma: no cover - another optax layout
+    _SCHEDULE: tuple[type, ...] = (optax.ScaleByScheduleState,)
+else:
+    _SCHEDULE = (optax.ScaleByScheduleState, _WrappedScheduleState)
 
 _NAME = "from_optax_state"
 
@@ -52,7 +56,8 @@ def from_optax_state(
     - ``optax.adam(lr, b1, b2, eps, eps_root=r)``: ``adam_jax.adam(lr, b1, b2, eps, eps_root=r)``
     - ``optax.adamw(lr, b1, b2, eps, eps_root=r, weight_decay=wd, mask=mk)``:
       ``adam_jax.adamw(lr, b1, b2, eps, wd, eps_root=r, mask=mk)``
-    - ``optax.nadam(...)`` (``optax.adam(..., nesterov=True)``): ``adam_jax.adam(..., nesterov=True)``
+    - ``optax.nadam(...)``, i.e. ``optax.adam(..., nesterov=True)``:
+      ``adam_jax.adam(..., nesterov=True)``
     - ``optax.amsgrad(...)``: ``adam_jax.adam(..., amsgrad=True)``
     - ``optax.adamax(lr, b1, b2, eps)``: ``adam_jax.compat.torch_adamax(lr, (b1, b2), eps)``
 
@@ -322,11 +327,12 @@ def _encoded(x: jax.Array, like: Any) -> Any:
 
 def _flattened(src: PyTree, tgt: Any, params: Any, where: str) -> dict:
     """The moment tree ``src`` in ``flat_moments``'s layout of ``params``: one buffer per dtype
-    group, leaves that ``tgt`` (the target's dict of buffers) keeps apart in buffers of their own."""
+    group, and a buffer of its own for each leaf that ``tgt`` (the dict of buffers) keeps apart."""
     if not isinstance(tgt, dict):
         raise ValueError(
             f"{_NAME}: {where}: inside flat_moments the moments should be a dict of buffers, got "
-            f"{type(tgt).__name__}. Convert to the unwrapped optimizer instead."
+            f"{type(tgt).__name__}. Put flat_moments outermost (below monitor), as its docstring "
+            "says."
         )
     params_def = jax.tree.structure(params)
     if jax.tree.structure(src) != params_def:
@@ -347,7 +353,7 @@ def _flattened(src: PyTree, tgt: Any, params: Any, where: str) -> dict:
     if set(keys) != set(tgt):
         raise ValueError(
             f"{_NAME}: {where}: cannot rebuild flat_moments' buffers {sorted(tgt)} from params "
-            f"(got {sorted(set(keys))}). Convert to the unwrapped optimizer instead."
+            f"(got {sorted(set(keys))}); pass the params tx will update, unchanged in structure."
         )
     return layout.flatten(src)
 
