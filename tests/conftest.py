@@ -69,3 +69,17 @@ def _warn_guard() -> None:
 
 
 _warn_guard()
+
+
+def pytest_report_header(config) -> str:
+    """The versions this run tests, in pytest's header (CI runs one leg per tested pair)."""
+    from importlib import metadata
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "absent"
+
+    names = ("jax", "jaxlib", "optax", "chex", "numpy", "torch", "keras")
+    return f"Python {sys.version.split()[0]}: " + ", ".join(f"{n} {version(n)}" for n in names)
