@@ -99,6 +99,39 @@ def make_case(name: str, params: int, leaves: int) -> Case:
     raise ValueError(f"unknown case {name!r}")
 
 
+def case_size(name: str, params: int, leaves: int) -> tuple[int, int]:
+    """Parameters of ``make_case(name, params, leaves)`` and of its largest leaf, computed
+    without building it (a tuple of 10**11 leaf shapes would not fit in memory either)."""
+    per_leaf = {"many-leaves": 64 * 64, "train-many-leaves": 32 * 32}
+    if name == "one-array":
+        return params, params
+    if name in per_leaf:
+        return per_leaf[name] * leaves, per_leaf[name]
+    sizes = [math.prod(s) for s in make_case(name, params, 1).shapes]
+    return sum(sizes), max(sizes)
+
+
+def bytes_needed(n: int, largest: int, dtype: str, arrays: int, state: Sequence[float]) -> int:
+    """The memory a case holds at once, at least: ``arrays`` arrays of its ``n`` parameters
+    (parameters, gradients, the floor's), every contender's copy of the parameters with its
+    ``state`` bytes per parameter, and NumPy's float64 draw of the ``largest`` leaf. XLA's
+    temporaries and torch's tensors are not counted."""
+    size = jnp.dtype(dtype).itemsize
+    return n * (arrays * size + sum(size + b for b in state)) + 8 * largest
+
+
+def case_bytes(name: str, params: int, leaves: int, dtype: str, selected: Sequence[str]) -> int:
+    """:func:`bytes_needed` by the contenders of case ``name`` (references and ``selected``)."""
+    n, largest = case_size(name, params, leaves)
+    size = jnp.dtype(dtype).itemsize
+    moments = {"bf16": 2 * 2, "8bit": 2 * 1}  # bytes per parameter; the others: the params' dtype
+    state = [2 * size]  # optax.adam
+    state += [moments.get(k, 2 * size) for k in selected if k in JAX_CONTENDERS]
+    if name in TRAIN_CASES:  # params and the batch; optax.sgd keeps no state
+        return bytes_needed(n, largest, dtype, 1, [*state, 0])
+    return bytes_needed(n, largest, dtype, 2 + 4, state)  # params, grads, the floor's four
+
+
 def plan(args: argparse.Namespace) -> list[Case]:
     """The cases a command line selects: the default set, or every case at the sizes of --full."""
     sizes = SIZES["full" if args.full else "default"]
@@ -589,7 +622,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--contenders",
         nargs="+",
-        default=CONTENDERS,
+        default=None,
         choices=CONTENDERS,
         metavar="NAME",
         help=f"contenders to time besides the references (the floor, optax.adam and, in train "
@@ -606,7 +639,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dtype",
-        default="float32",
+        default=None,
         choices=["float32", "bfloat16", "float16"],
         help="dtype of the parameters (default float32)",
     )
@@ -635,11 +668,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only compare 8-bit moments with float32: steps at --params in one array (4M "
         "unless given) and at a GPT-2-small block, and compile time at --leaves leaves (default "
-        "200), each compile in a fresh process, over min(--rounds, 5) rounds",
+        "200), each compile in a fresh process, over min(--rounds, 5) rounds; float32 "
+        "parameters, so it takes no --dtype (but float32), --cases, --contenders or --full",
     )
 
 
+def _refusal(args: argparse.Namespace) -> str | None:
+    """Why the command line cannot run as given (checked before any work), or None. ``--8bit``
+    has cases, contenders and a dtype of its own: it refuses the options that choose them."""
+    from adam_jax.cli import too_big
+
+    if args.eight_bit:
+        given = {
+            "--dtype": args.dtype if args.dtype != "float32" else None,
+            "--cases": args.cases,
+            "--contenders": args.contenders,
+            "--full": args.full,
+        }
+        words = [
+            name if v is True else f"{name} {' '.join(v) if isinstance(v, list) else v}"
+            for name, v in given.items() if v
+        ]  # fmt: skip
+        if words:
+            return (
+                "--8bit times float32 against 8-bit moments on float32 parameters over its own "
+                f"cases: it does not take {', '.join(words)}. Leave them out or drop --8bit."
+            )
+        n = args.params or 4 * 2**20
+        needed = bytes_needed(n, n, "float32", 2, [2 * 4, 2])  # float32 moments, 8-bit moments
+        return too_big(needed, f"--8bit at --params {n}", "choose a smaller --params",
+                       jax.devices()[0])  # fmt: skip
+    sizes = SIZES["full" if args.full else "default"]
+    params, leaves = args.params or sizes["params"], args.leaves or sizes["leaves"]
+    names = args.cases or (OPTIMIZER_CASES + TRAIN_CASES if args.full else DEFAULT_CASES)
+    selected = args.contenders or CONTENDERS
+    needed, name = max(
+        (case_bytes(n, params, leaves, args.dtype or "float32", selected), n) for n in names
+    )
+    return too_big(needed, f"the {name} case (--params {params}, --leaves {leaves})",
+                   "choose a smaller --params or --leaves", jax.devices()[0])  # fmt: skip
+
+
 def main(args: argparse.Namespace) -> int:
+    problem = _refusal(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     print(
         f"adam-jax bench on {jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"jax {jax.__version__}",
@@ -648,15 +722,24 @@ def main(args: argparse.Namespace) -> int:
     eight_bit = args.eight_bit
     if eight_bit:
         rounds, inner = args.rounds or 15, args.inner or 5
+        n, leaves = args.params or 4 * 2**20, args.leaves or 200
+        ran = {"eight_bit": True, "params": n, "leaves": leaves, "dtype": "float32"}
     else:
         rounds, inner = args.rounds or 11, args.inner or 3
+        cases = plan(args)
+        sizes = SIZES["full" if args.full else "default"]
+        ran = {  # what was run: the defaults filled in
+            "eight_bit": False,
+            "full": args.full,
+            "cases": [c.name for c in cases],
+            "contenders": args.contenders or CONTENDERS,
+            "params": args.params or sizes["params"],
+            "leaves": args.leaves or sizes["leaves"],
+            "dtype": args.dtype or "float32",
+        }
     record = {
         "command": shlex.join(["adam-jax", *sys.argv[1:]]),
-        "arguments": {
-            **{k: v for k, v in vars(args).items() if k not in ("func", "command", "json")},
-            "rounds": rounds,
-            "inner": inner,
-        },
+        "arguments": {**ran, "rounds": rounds, "inner": inner},
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device_kind": jax.devices()[0].device_kind,
         "backend": jax.default_backend(),
@@ -664,7 +747,6 @@ def main(args: argparse.Namespace) -> int:
         "load_average_at_start": os.getloadavg()[0],
     }
     if eight_bit:
-        n, leaves = args.params or 4 * 2**20, args.leaves or 200
         rows8, compile_s = bench_8bit(n, rounds, inner, leaves)
         print(format_8bit_table(rows8), flush=True)
         record["rows_8bit"] = [asdict(r) for r in rows8]
@@ -674,8 +756,8 @@ def main(args: argparse.Namespace) -> int:
         # torch's intra-op threads: on a loaded machine, more than one can slow torch many-fold
         record["torch_threads"] = None if _torch() is None else _torch().get_num_threads()
         record["rows"] = []
-        for case in plan(args):
-            rows = bench_case(case, args.dtype, args.contenders, rounds, inner)
+        for case in cases:
+            rows = bench_case(case, ran["dtype"], ran["contenders"], rounds, inner)
             print("\n" + format_table(rows), flush=True)
             record["rows"] += [asdict(r) for r in rows]
     record["load_average_at_end"] = os.getloadavg()[0]

@@ -20,22 +20,28 @@ MAX_SEED = 2**31 - 1
 
 def parse_seeds(text: str) -> list[int]:
     """``--seeds``: a count N (seeds 0..N-1) or a comma-separated list ("3," is seed 3 alone)."""
+    return list(seed_sequence(text))
+
+
+def seed_sequence(text: str) -> Sequence[int]:
+    """:func:`parse_seeds` without making the list: a count N gives ``range(N)``, so that a huge
+    count is refused for its memory before anything is allocated."""
+    rule = f"{text!r}: seeds must be distinct integers in [0, {MAX_SEED}], at least one"
     try:
-        if "," in text:
-            seeds = [int(s) for s in text.split(",") if s.strip()]
-        else:
+        if "," not in text:
             count = int(text)
             if count < 1:
                 raise argparse.ArgumentTypeError(f"{text!r}: the number of seeds must be >= 1")
-            seeds = list(range(count))
+            if count > MAX_SEED + 1:
+                raise argparse.ArgumentTypeError(rule)
+            return range(count)
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r}: expected a number of seeds (e.g. 5) or a comma-separated list (e.g. 0,3,7)"
         ) from None
     if not seeds or any(not 0 <= s <= MAX_SEED for s in seeds) or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: seeds must be distinct integers in [0, {MAX_SEED}], at least one"
-        )
+        raise argparse.ArgumentTypeError(rule)
     return seeds
 
 
@@ -75,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--seeds",
-        type=parse_seeds,
+        type=seed_sequence,
         default=None,
         help="a number of seeds N (seeds 0..N-1) or a list like 0,3,7 (default: 5 for the full "
         "run, 3 with --quick, 2 with --tiny); verdicts need at least 2",
@@ -88,6 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue from the finished runs already in --out (same figure, size and seeds); "
         "the result equals an uninterrupted run",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh even though --out holds results of these figures (replaced as the "
+        "new runs finish); results of other figures in --out are always kept",
     )
     parser.add_argument(
         "--data-dir",
@@ -185,6 +197,60 @@ def provenance(args: argparse.Namespace, budget_name: str, figures, seeds) -> di
     }
 
 
+def _json_type(value) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "true or false"}
+    return "null" if value is None else names.get(type(value), "a number")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _run_json_problem(info) -> str | None:
+    """What keeps ``run.json``'s content ``info`` from being continued by --resume, or None."""
+    if not isinstance(info, dict):
+        return f"it holds {_json_type(info)}, not an object"
+    expected = {
+        "mode": ("a string", lambda v: isinstance(v, str)),
+        "figures": ("an array of figure names", lambda v: isinstance(v, list)
+                    and all(isinstance(f, str) for f in v)),
+        "seeds": ("an array of integers", lambda v: isinstance(v, list)
+                  and all(isinstance(x, int) and not isinstance(x, bool) for x in v)),
+        "data_dir": ("a path or null", lambda v: v is None or isinstance(v, str)),
+        "command": ("a string", lambda v: isinstance(v, str)),
+        "kept_figures": ("an object of commands", lambda v: isinstance(v, dict)
+                         and all(c is None or isinstance(c, str) for c in v.values())),
+        "sittings": ("an array of objects", lambda v: isinstance(v, list)
+                     and all(isinstance(s, dict) for s in v)),
+    }  # fmt: skip
+    for field, (what, ok) in expected.items():
+        if field in info and not ok(info[field]):
+            return f"its {field} is {_json_type(info[field])}, not {what}"
+    for i, sitting in enumerate(info.get("sittings", [])):
+        if not isinstance(sitting.get("start", ""), str):
+            return f"its sittings[{i}].start is {_json_type(sitting['start'])}, not a date"
+        if "wall_seconds" in sitting and not _is_number(wall := sitting["wall_seconds"]):
+            return f"its sittings[{i}].wall_seconds is {_json_type(wall)}, not a number"
+        for field in ("figure_seconds", "figure_cpu_seconds"):
+            value = sitting.get(field, {})
+            if not isinstance(value, dict) or not all(_is_number(x) for x in value.values()):
+                return f"its sittings[{i}].{field} is not an object of numbers of seconds"
+    return None
+
+
+def read_run_json(path: Path) -> tuple[dict | None, str | None]:
+    """The ``run.json`` of an earlier run in --out, or None and what is wrong with it (naming
+    the file)."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return None, f"cannot read {path} ({err})"
+    problem = _run_json_problem(info)
+    return (None, f"{path} is not a run.json of adam-jax reproduce: {problem}") if problem else (
+        info, None
+    )  # fmt: skip
+
+
 def reproduce(args: argparse.Namespace) -> int:
     """Run the experiments, write results.csv, run.json, the figures and summary.md. Returns the
     exit code: 0, 2 for bad arguments or data (before any training), 130 on Ctrl-C."""
@@ -200,13 +266,24 @@ def reproduce(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    from adam_jax.cli import too_big
     from adam_jax.paper import claims as claims_lib
     from adam_jax.paper import figures, parallel, runner
     from adam_jax.paper.data import DataError
 
     budget = runner.TINY if args.tiny else runner.QUICK if args.quick else runner.FULL
     wanted = list(runner.FIGURES) if args.figure == "all" else [args.figure]
-    seeds = args.seeds or list(range(budget.seeds))
+    seeds = args.seeds or range(budget.seeds)
+    if args.resume and args.overwrite:
+        return _error("--resume keeps the results in --out and --overwrite replaces them: pass one")
+    problem = too_big(  # the result rows are held in memory: checked before the list of seeds
+        len(seeds) * runner.rows_per_seed(wanted, budget) * runner.ROW_BYTES,
+        f"the result rows of {len(seeds):,} seeds ({args.figure}, {budget.name} run)",
+        "pass fewer --seeds",
+    )
+    if problem:
+        return _error(problem)
+    seeds = list(seeds)
     out = Path(args.out)
     problem = check_out(out)
     if problem:
@@ -214,11 +291,10 @@ def _reproduce(args: argparse.Namespace) -> int:
     info = provenance(args, budget.name, wanted, seeds)
     run_json = out / "run.json"
     sittings = []
-    if args.resume and run_json.is_file():
-        try:
-            before = json.loads(run_json.read_text())
-        except (OSError, ValueError) as err:
-            return _error(f"--resume: cannot read {run_json} ({err})")
+    before, problem = read_run_json(run_json) if run_json.is_file() else (None, None)
+    if args.resume and problem:
+        return _error(f"--resume: {problem}. Pass --overwrite to start afresh, or another --out.")
+    if args.resume and before is not None:
         same = ("mode", "figures", "seeds", "data_dir")
         diff = [k for k in same if before.get(k) != info[k]]
         if diff:
@@ -228,6 +304,27 @@ def _reproduce(args: argparse.Namespace) -> int:
                 + ". Use the same arguments, or another --out."
             )
         sittings = before.get("sittings", [])
+    csv_path = out / "results.csv"
+    try:
+        existing = runner.read_results(csv_path) if csv_path.is_file() else []
+    except runner.ResultsFileError as err:
+        return _error(
+            f"{'--resume: ' * args.resume}{err}; it is not a results file of adam-jax reproduce. "
+            "Move it away, or choose another --out."
+        )
+    held = {f: sum(r["figure"] == f for r in existing) for f in wanted}
+    if any(held.values()) and not (args.resume or args.overwrite):
+        return _error(
+            f"{csv_path} already holds results of "
+            + ", ".join(f"{f} ({n} rows)" for f, n in held.items() if n)
+            + ": pass --resume to continue them, --overwrite to start afresh, or another --out"
+        )
+    kept = runner.in_figure_order([r for r in existing if r["figure"] not in wanted])
+    if kept:  # another figure's rows stay in results.csv; run.json says which run wrote them
+        earlier = before or {}
+        commands = {f: earlier.get("command") for f in earlier.get("figures", [])}
+        commands |= earlier.get("kept_figures", {})
+        info["kept_figures"] = {r["figure"]: commands.get(r["figure"]) for r in kept}
     jobs = min(args.jobs or parallel.default_jobs(wanted), len(wanted))
     try:  # the workers of a parallel run load their own data; this checks it first
         datasets = (
@@ -273,7 +370,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     if jobs > 1:
         info["jobs"] = jobs
-    results = None if jobs > 1 else runner.Results(out / "results.csv", resume=args.resume)
+    results = None if jobs > 1 else runner.Results(csv_path, resume=args.resume, figures=wanted)
     save_json("running")
     seconds, cpu = sitting["figure_seconds"], sitting["figure_cpu_seconds"]
     total = runner.work_units(wanted, budget, len(seeds))
@@ -286,7 +383,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             else:
                 progress = runner.Progress(bar, args.progress_file)
                 rows = runner.run(wanted, budget, seeds, datasets, results, progress, seconds, cpu)
-                runner.write_csv(rows, out / "results.csv")
+                runner.write_csv(runner.in_figure_order(results.others + rows), csv_path)
         except KeyboardInterrupt:
             bar.close()
             save_json("interrupted")
@@ -296,7 +393,8 @@ def _reproduce(args: argparse.Namespace) -> int:
             save_json("failed")
             print(f"error: {err}", file=sys.stderr)
             return 1
-    rows = runner.read_csv(out / "results.csv")  # figures and claims come from the file itself
+    # figures and claims come from the file itself (the rows of this run's figures)
+    rows = [r for r in runner.read_csv(csv_path) if r["figure"] in wanted]
     save_json("finished")
 
     e = budget.epochs
@@ -394,8 +492,8 @@ def _selection_notes(rows: list[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m adam_jax.paper``; Ctrl-C is handled as by ``adam-jax``."""
-    from adam_jax.cli import interruptible
+    from adam_jax.cli import Parser, interruptible
 
-    parser = argparse.ArgumentParser(prog="python -m adam_jax.paper", description=__doc__)
+    parser = Parser(prog="python -m adam_jax.paper", description=__doc__)
     add_arguments(parser)
     return interruptible(lambda: reproduce(parser.parse_args(argv)), "interrupted")

@@ -45,7 +45,7 @@ def seed_parts_from(out: Path, figures: list[str]) -> None:
     merged = out / "results.csv"
     if not merged.is_file():
         return
-    rows = runner.read_csv(merged)
+    rows = runner.read_results(merged)
     for figure in figures:
         part = part_dir(out, figure)
         if not (part / "results.csv").is_file():
@@ -59,7 +59,7 @@ def _command(args, size: str, figure: str, seeds: list[int], part: Path) -> list
     command += ["--seeds", ",".join(map(str, seeds)) + ",", "--out", str(part), "--no-progress"]
     command += ["--progress-file", str(part / "progress")]
     command += ["--data-dir", str(args.data_dir)] if args.data_dir else []
-    command += ["--resume"] if args.resume else []
+    command += ["--resume"] if args.resume else ["--overwrite"]  # the parts are the parent's
     return command
 
 
@@ -72,13 +72,17 @@ def _progress(part: Path) -> tuple[int, int]:
 
 
 def merge(out: Path, figures: list[str]) -> list[dict]:
-    """The rows of every figure's part, in figure order, written to ``<out>/results.csv``."""
-    rows = []
+    """The rows of every figure's part, in figure order, written to ``<out>/results.csv`` with the
+    rows of other figures that it already holds (an earlier run's): returns them all."""
+    merged = out / "results.csv"
+    earlier = runner.read_csv(merged) if merged.is_file() else []
+    rows = [r for r in earlier if r["figure"] not in figures]
     for figure in runner.FIGURES:
         path = part_dir(out, figure) / "results.csv"
         if figure in figures and path.is_file():
             rows += runner.read_csv(path)
-    runner.write_csv(rows, out / "results.csv")
+    rows = runner.in_figure_order(rows)
+    runner.write_csv(rows, merged)
     return rows
 
 
@@ -161,9 +165,9 @@ def _collect_times(out: Path, figures: list[str], sitting: dict) -> None:
         path = part_dir(out, figure) / "run.json"
         try:
             last = json.loads(path.read_text())["sittings"][-1]
-        except (OSError, ValueError, KeyError, IndexError):
-            continue
-        if last.get("start", "") < sitting["start"]:
-            continue  # an earlier sitting's
-        for field in ("figure_seconds", "figure_cpu_seconds"):
-            sitting[field].update(last.get(field, {}))
+            if last.get("start", "") < sitting["start"]:
+                continue  # an earlier sitting's
+            for field in ("figure_seconds", "figure_cpu_seconds"):
+                sitting[field].update(last.get(field, {}))
+        except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+            continue  # unreadable: the worker's own --resume check names the problem

@@ -283,15 +283,20 @@ def run_key(row: dict) -> RunKey:
 class Results:
     """``results.csv`` written as groups of runs finish (one write per group, so Ctrl-C keeps
     every finished group). With ``resume``, the finished runs already in the file are kept and
-    handed back instead of being trained again; anything unfinished is dropped."""
+    handed back instead of being trained again; anything unfinished is dropped. With ``figures``,
+    the rows of other figures already in the file stay in it (``others``), resumed or not."""
 
-    def __init__(self, path: Path, resume: bool) -> None:
+    def __init__(self, path: Path, resume: bool, figures: Iterable[str] | None = None) -> None:
         self.path = path
         self.kept: dict[RunKey, list[dict]] = {}
-        if resume and path.is_file():
-            for row in read_csv(path):
+        self.others: list[dict] = []
+        rows = read_results(path) if path.is_file() and (resume or figures is not None) else []
+        for row in rows:
+            if figures is not None and row["figure"] not in figures:
+                self.others.append(row)
+            elif resume:
                 self.kept.setdefault(run_key(row), []).append(row)
-        write_csv([r for rows in self.kept.values() for r in rows], path)
+        write_csv(self.others + [r for rows in self.kept.values() for r in rows], path)
         self.finished_runs = 0
 
     def take(self, keys: list[RunKey], last_epoch: int) -> list[dict] | None:
@@ -475,6 +480,67 @@ def read_csv(path: Path) -> list[dict]:
     """Read a ``results.csv`` back (numbers as strings, as written)."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+class ResultsFileError(ValueError):
+    """A ``results.csv`` that this package did not write, or that was damaged since."""
+
+
+def read_results(path: Path) -> list[dict]:
+    """:func:`read_csv`, checked: the columns ``FIELDS``, every row complete, numbers where
+    numbers belong. Raises :class:`ResultsFileError` naming the file,
+    the line and what is wrong."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in FIELDS if c not in (reader.fieldnames or ())]
+            if missing:
+                raise ResultsFileError(
+                    f"{path} lacks the column{'s' * (len(missing) > 1)} {', '.join(missing)} "
+                    f"(its header: {','.join(reader.fieldnames or []) or 'none'})"
+                )
+            rows = []
+            for row in reader:
+                line = reader.line_num
+                if None in row or None in row.values():
+                    raise ResultsFileError(f"{path}, line {line}: not {len(FIELDS)} fields")
+                try:
+                    int(row["seed"]), int(row["epoch"]), float(row["loss"])
+                except ValueError:
+                    raise ResultsFileError(
+                        f"{path}, line {line}: seed {row['seed']!r}, epoch {row['epoch']!r} and "
+                        f"loss {row['loss']!r} are not all numbers"
+                    ) from None
+                rows.append(row)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ResultsFileError(f"{path} cannot be read as CSV ({err})") from None
+    return rows
+
+
+def in_figure_order(rows: list[dict]) -> list[dict]:
+    """``rows`` figure after figure (in ``FIGURES`` order, unknown figures last), each figure's
+    rows in their order."""
+    order = {f: i for i, f in enumerate(FIGURES)}
+    return sorted(rows, key=lambda r: order.get(r["figure"], len(FIGURES)))
+
+
+def rows_per_seed(figures: Iterable[str], budget: Budget) -> int:
+    """Rows of ``results.csv`` one seed adds over the starting grids (grid extensions and Fig. 3's
+    per-iteration rows add more): what a run holds in memory grows by this much per seed."""
+    figures = set(figures)
+    total = sum(
+        len(grid_for(o, budget, scheduled(p, o))) * (budget.epochs[p.panel] + 1)
+        for p in PANELS
+        if p.figure in figures
+        for o in p.optimizers
+    )
+    if "fig4" in figures:
+        runs = len(VAE_BETA1) * len(VAE_BETA2) * len(VAE_LOG10_ALPHA)
+        total += 2 * runs * (budget.epochs["fig4_many"] + 1)  # with and without bias correction
+    return total
+
+
+ROW_BYTES = 1000  # a result row in memory: a dict of 15 short strings (measured: 1.15 kB)
 
 
 def load_data(figures: Iterable[str], budget: Budget, data_dir: str | None) -> dict:
