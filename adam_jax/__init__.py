@@ -3,7 +3,13 @@
 from adam_jax._hyperparams import Hyperparams, hyperparams
 from adam_jax.aliases import adam, adamax, adamw
 from adam_jax.averaging import TemporalAveragingState, averaged_params, temporal_averaging
-from adam_jax.checkpoint import checkpoint_fingerprint, restore_checkpoint, save_checkpoint
+from adam_jax.checkpoint import (
+    CheckpointMismatchError,
+    checkpoint_fingerprint,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from adam_jax.convert import from_optax_state
 from adam_jax.flat import FlatMomentsState, flat_moments
 from adam_jax.kahan import KahanSummationState, kahan_summation
 from adam_jax.monitoring import MonitorState, StepStats, monitor, step_stats
@@ -34,6 +40,7 @@ __version__ = _installed_version()
 
 __all__ = [
     "BiasCorrectionState",
+    "CheckpointMismatchError",
     "FlatMomentsState",
     "Hyperparams",
     "KahanSummationState",
@@ -50,6 +57,7 @@ __all__ = [
     "bias_correction",
     "checkpoint_fingerprint",
     "flat_moments",
+    "from_optax_state",
     "hyperparams",
     "inverse_sqrt_schedule",
     "kahan_summation",

@@ -1,36 +1,43 @@
-"""The record of an optimizer's hyperparameters, kept in its state.
+"""The record of an optimizer's hyperparameters, kept in its state as leaves.
 
 An ``optax.GradientTransformation`` is a pair of closures: what ``adam(1e-2, b1=0.5)`` was built
-with is invisible from outside. adam_jax's Adam and AdaMax states therefore carry a
-:class:`Hyperparams` record in their ``hyperparams`` field: ``scale_by_adam`` writes its own
-arguments there (``b1``, ``b2``, ``eps``, the switches, the moment dtypes) and the aliases and
-``compat`` presets add theirs (``learning_rate``, ``weight_decay``, the preset's name) with
-:func:`annotate`.
+with is invisible from outside. adam_jax's Adam and AdaMax states therefore carry a record in
+their ``hyperparams`` field, a plain ``dict`` of 0-d arrays, as ``optax.inject_hyperparams``
+keeps its own: ``scale_by_adam`` writes its arguments there (``b1``, ``b2``, ``eps``, the
+switches) and the aliases and ``compat`` presets add theirs (``learning_rate``,
+``weight_decay``, ...) with :func:`annotate`.
 
-The record is static pytree metadata: it has no leaves, so it costs nothing on the device, and it
-travels with the state through ``optax.chain``, ``optax.masked``, ``jit``, ``jax.eval_shape`` and
-any wrapper whose state holds the inner state. Its values are part of the state's tree structure,
-as ``amsgrad``'s ``nu_max`` is: states of two differently configured optimizers have different
-structures.
+Values are leaves, never static tree metadata: the states of ``adam(1e-3)`` and ``adam(1e-4)``
+have the same tree structure, so a jitted step does not trace again when the optimizer is
+rebuilt with another learning rate, ``jax.tree.map`` works across both, and every serializer
+(``flax.serialization``, equinox, orbax, pickle) handles the state as it handles optax's.
 
-A value given as a JAX array (as ``optax.inject_hyperparams`` gives every number) is recorded as
-:data:`INJECTED`, never by value, so the structure does not change when the value does (no
-recompilation). :func:`resolve` replaces it with the array the enclosing
-``optax.inject_hyperparams`` state holds, read when the step runs.
+Each update writes the values of the optimizer that ran it, so the record describes the optimizer
+in use, not the one that created the state. Every value is a float32 0-d array (a switch as 0 or 1).
+A schedule ``learning_rate`` is stored as the rate of the latest update (before any update: of
+the first), plus ``learning_rate_schedule``: its values at :data:`SCHEDULE_STEPS`, by which
+checkpoints compare schedules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from adam_jax import _validate
-
 PyTree = Any
+
+#: A record: hyperparameter name -> float32 0-d array (a switch as 0 or 1).
+Hyperparams: TypeAlias = dict[str, jax.Array]
+
+#: The steps at which a schedule is sampled for ``learning_rate_schedule``: 0 to 9, then about
+#: 12 points a decade up to 10^7 (every step a multiple of the one before by at most 1.22).
+SCHEDULE_STEPS: tuple[int, ...] = tuple(
+    sorted({*range(10), *(round(float(s)) for s in np.geomspace(10, 1e7, 73))})
+)
 
 _INJECT_STATES = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
 
@@ -44,118 +51,71 @@ SYNONYMS = {
 }
 
 
-class _Injected:
-    """Marks a value held as an array in an ``optax.inject_hyperparams`` state."""
-
-    def __repr__(self) -> str:
-        return "INJECTED"
-
-    def __reduce__(self) -> str:
-        return "INJECTED"
+def _leaf(value: Any) -> jax.Array:
+    """A value as stored: a float32 0-d array (a switch as 0 or 1), so that arithmetic over
+    whole states (``jax.tree.map(jnp.add, a, b)``, optax's tree utilities) works on it."""
+    return jnp.asarray(value, jnp.float32)
 
 
-INJECTED = _Injected()
+def schedule_samples(schedule: Any) -> np.ndarray:
+    """``schedule`` at :data:`SCHEDULE_STEPS` as float32; NaN where it cannot be evaluated
+    on a plain step number (such a schedule is never taken for an equal one)."""
+    try:
+        return np.asarray([float(schedule(t)) for t in SCHEDULE_STEPS], np.float32)
+    except Exception:  # a schedule that needs a traced count or fails outside its domain
+        return np.full(len(SCHEDULE_STEPS), np.nan, np.float32)
 
 
-def _as_recorded(value: Any) -> Any:
-    """The value as recorded: a Python number, bool, string or None; a schedule (callable) as is;
-    ``INJECTED`` for a JAX array, whose value may change without the structure changing."""
-    if value is None or value is INJECTED or isinstance(value, (bool, str)) or callable(value):
-        return value
-    if isinstance(value, (jax.Array, jax.core.Tracer)):
-        return INJECTED
-    if _validate.is_concrete_number(value):
-        return int(value) if jnp.issubdtype(jnp.result_type(value), jnp.integer) else float(value)
-    return repr(value)  # anything else (static, hashable) by its description
+def record(**values: Any) -> Hyperparams:
+    """The record of fixed ``values`` (numbers, switches); ``None`` values are left out."""
+    return {name: _leaf(value) for name, value in values.items() if value is not None}
 
 
-@jax.tree_util.register_pytree_node_class
-class Hyperparams:
-    """A read-only mapping of hyperparameter names to the values an optimizer was built with.
-
-    A pytree node with no children: the values are static metadata (compared, hashed and shown
-    with the state's tree structure). Read it with ``record["b1"]``, ``dict(record)`` or
-    :func:`adam_jax.hyperparams`.
-    """
-
-    __slots__ = ("_items",)
-
-    def __init__(self, **values: Any):
-        self._items = tuple((name, _as_recorded(value)) for name, value in values.items())
-
-    def replace(self, **values: Any) -> Hyperparams:
-        """A copy with ``values`` added or replaced."""
-        return Hyperparams(**{**dict(self._items), **values})
-
-    def __getitem__(self, name: str) -> Any:
-        return dict(self._items)[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return (name for name, _ in self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def keys(self):
-        return dict(self._items).keys()
-
-    def items(self):
-        return dict(self._items).items()
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return dict(self._items).get(name, default)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Hyperparams) and self._items == other._items
-
-    def __hash__(self) -> int:
-        return hash(self._items)
-
-    def __repr__(self) -> str:
-        return "Hyperparams(" + ", ".join(f"{k}={v!r}" for k, v in self._items) + ")"
-
-    def tree_flatten(self) -> tuple[tuple, tuple]:
-        return (), self._items
-
-    @classmethod
-    def tree_unflatten(cls, items: tuple, children: tuple) -> Hyperparams:
-        del children
-        record = object.__new__(cls)
-        record._items = items
-        return record
-
-
-def _has_record(node: Any) -> bool:
-    return isinstance(getattr(node, "hyperparams", None), Hyperparams) and hasattr(node, "_replace")
+def has_record(node: Any) -> bool:
+    """An adam_jax Adam/AdaMax state (a NamedTuple with a ``hyperparams`` dict)."""
+    return (
+        isinstance(node, tuple)
+        and hasattr(node, "_replace")
+        and not isinstance(node, _INJECT_STATES)
+        and isinstance(getattr(node, "hyperparams", None), dict)
+    )
 
 
 def annotate(tx: optax.GradientTransformation, **values: Any) -> optax.GradientTransformation:
     """``tx`` whose states' records also hold ``values`` (e.g. the alias's ``learning_rate``).
 
-    ``tx`` is a rescaler such as ``scale_by_adam(...)``; the updates and the arrays of its state
-    are untouched.
+    ``tx`` is a rescaler such as ``scale_by_adam(...)``; the updates and the moments of its state
+    are untouched. Every update rewrites ``values`` (a schedule at the step it ran), so the record
+    follows the optimizer that ran.
     """
 
-    def add(state: PyTree) -> PyTree:
-        def one(node: Any) -> Any:
-            return (
-                node._replace(hyperparams=node.hyperparams.replace(**values))
-                if _has_record(node)
-                else node
-            )
+    values = {name: value for name, value in values.items() if value is not None}
+    # A schedule's samples, computed once: the record gains NAME_schedule beside NAME.
+    samples = {name: schedule_samples(v) for name, v in values.items() if callable(v)}
 
-        return jax.tree.map(one, state, is_leaf=_has_record)
+    def current(count: Any) -> Hyperparams:
+        found = {n: _leaf(v(count) if callable(v) else v) for n, v in values.items()}
+        return found | {n + "_schedule": jnp.asarray(s) for n, s in samples.items()}
+
+    def add(state: PyTree, count: Any) -> PyTree:
+        def one(node: Any) -> Any:
+            if not has_record(node):
+                return node
+            return node._replace(hyperparams={**node.hyperparams, **current(count)})
+
+        return jax.tree.map(one, state, is_leaf=has_record)
 
     def init_fn(params: optax.Params) -> PyTree:
-        return add(tx.init(params))
+        return add(tx.init(params), 0)
 
     def update_fn(
         updates: optax.Updates, state: PyTree, params: optax.Params | None = None
     ) -> tuple[optax.Updates, PyTree]:
-        # The state's record already holds the values (added at init) and update passes it on
-        # unchanged: rebuilding it here from this instance would change the state's tree
-        # structure whenever the optimizer is rebuilt (a schedule is a new function each time).
-        return tx.update(updates, state, params)
+        # The rate of this update: optax.scale_by_learning_rate evaluates a schedule at the count
+        # before the update, which equals the rescaler's.
+        count = getattr(state, "count", 0)
+        updates, new_state = tx.update(updates, state, params)
+        return updates, add(new_state, count)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -165,14 +125,14 @@ def _walk(state: PyTree, prefix: str, injected: dict[str, Any]):
     hyperparameters of the enclosing ``optax.inject_hyperparams`` states, innermost winning."""
 
     def stop(x: Any) -> bool:
-        return _has_record(x) or isinstance(x, _INJECT_STATES)
+        return has_record(x) or isinstance(x, _INJECT_STATES)
 
     for path, node in jax.tree_util.tree_flatten_with_path(state, is_leaf=stop)[0]:
         where = prefix + jax.tree_util.keystr(path)
         if isinstance(node, _INJECT_STATES):
             inner = {**injected, **node.hyperparams}
             yield from _walk(node.inner_state, where + ".inner_state", inner)
-        elif _has_record(node):
+        elif has_record(node):
             yield where, node, injected
 
 
@@ -181,7 +141,7 @@ def injected_value(name: str, injected: dict[str, Any]) -> Any:
     for key in SYNONYMS.get(name, (name,)):
         if key in injected:
             return injected[key]
-    return INJECTED
+    return None
 
 
 def records(opt_state: PyTree) -> list[tuple[str, Any, Hyperparams, dict[str, Any]]]:
@@ -189,12 +149,14 @@ def records(opt_state: PyTree) -> list[tuple[str, Any, Hyperparams, dict[str, An
     return [(path, node, node.hyperparams, inj) for path, node, inj in _walk(opt_state, "", {})]
 
 
-def resolve(record: Hyperparams, injected: dict[str, Any]) -> dict[str, Any]:
-    """The record as a dict, each ``INJECTED`` value replaced by its array where one is found."""
-    return {
-        name: injected_value(name, injected) if value is INJECTED else value
-        for name, value in record.items()
-    }
+def resolve(found: Hyperparams, injected: dict[str, Any]) -> dict[str, Any]:
+    """The record as a dict, a value injected with ``optax.inject_hyperparams`` replaced by the
+    array its state holds now (it may have been changed since the last update)."""
+    resolved = {}
+    for name, value in found.items():
+        live = injected_value(name, injected)
+        resolved[name] = value if live is None or callable(live) else live
+    return resolved
 
 
 def all_injected(opt_state: PyTree) -> dict[str, Any]:
@@ -212,12 +174,30 @@ def all_injected(opt_state: PyTree) -> dict[str, Any]:
     return found
 
 
+def as_number(value: Any) -> Any:
+    """A concrete 0-d value as the Python float it was written as; samples and tracers as is.
+
+    Stored values are float32, so ``0.999`` is kept as 0.99900001...; the shortest decimal that
+    rounds to the stored float32 (numpy's repr) gives back the ``0.999`` the optimizer computes
+    with, to the precision of its float64 bias corrections.
+    """
+    if not isinstance(value, (jax.Array, np.ndarray, np.generic, float, int)):
+        return value  # a ShapeDtypeStruct (eval_shape)
+    if isinstance(value, jax.core.Tracer) or np.ndim(value) != 0:
+        return value
+    return float(str(np.float32(np.asarray(value))))
+
+
 def hyperparams(opt_state: PyTree) -> dict[str, Any]:
     """The hyperparameters of the one Adam or AdaMax inside ``opt_state``, as a dict.
 
-    Numbers, switches and dtype names are Python values; a schedule is returned as the callable;
-    a value injected with ``optax.inject_hyperparams`` is returned as the array its state holds
-    now (a tracer under ``jit``), so it is read at run time. Works on ``jax.eval_shape`` output.
+    Values are Python floats (stored as float32 and read back as the shortest decimal that
+    rounds to it: ``0.999``, not 0.99900001; a switch such as ``amsgrad`` is 0.0 or 1.0);
+    under ``jit`` they are the traced arrays. A schedule ``learning_rate`` is given as the rate of the
+    latest update (before any: of the first), and ``learning_rate_schedule`` holds its values at
+    :data:`SCHEDULE_STEPS`. A value injected with ``optax.inject_hyperparams`` is the array its
+    state holds now. Works on ``jax.eval_shape`` output (then every value is a
+    ``ShapeDtypeStruct``).
 
     Raises:
       ValueError: ``opt_state`` holds no record (e.g. optax's own ``adam``) or more than one.
@@ -228,22 +208,5 @@ def hyperparams(opt_state: PyTree) -> dict[str, Any]:
             f"hyperparams: expected exactly one adam_jax Adam/AdaMax state with a hyperparameter "
             f"record in the optimizer state, found {len(found)}."
         )
-    _, _, record, injected = found[0]
-    return resolve(record, injected)
-
-
-def describe(value: Any, schedule_steps: tuple[int, ...] = (0, 1, 10, 100, 1000, 10000)) -> Any:
-    """A JSON-able stand-in for a recorded value: schedules by their values at a few steps."""
-    if value is INJECTED:
-        return "injected"
-    if callable(value):
-        try:
-            samples = {str(t): float(value(t)) for t in schedule_steps}
-        except Exception:  # a schedule that cannot run on plain ints
-            return "schedule"
-        return {"schedule at steps": samples}
-    return value
-
-
-def is_record(x: Any) -> bool:
-    return isinstance(x, Hyperparams)
+    _, _, values, injected = found[0]
+    return {name: as_number(value) for name, value in resolve(values, injected).items()}

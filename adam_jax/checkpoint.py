@@ -17,6 +17,7 @@ shardings and, for the state, :func:`adam_jax.state_sharding`.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from adam_jax import _ckpt_files, _extras, _hyperparams
@@ -31,7 +33,7 @@ from adam_jax.sharding import state_sharding
 
 PyTree = Any
 
-_MAX_LISTED = 8
+_SHOWN = 3  # lines of differences in an error's message
 
 
 def _orbax():
@@ -48,10 +50,81 @@ def _sync(name: str) -> None:
 
 
 def _recover(directory: Path) -> None:
-    """Finish or roll back an interrupted replacement (process 0 does the renames)."""
+    """Finish or roll back an interrupted replacement (process 0 does the renames, holding the
+    checkpoint's lock; see ``adam_jax._ckpt_files``). Only a save recovers: a restore writes
+    nothing."""
     if jax.process_index() == 0:
         _ckpt_files.recover(directory)
     _sync("adam_jax_checkpoint_recover")
+
+
+_INJECT_STATES = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
+
+
+def _is_inject(x: Any) -> bool:
+    return isinstance(x, _INJECT_STATES)
+
+
+def _walk(tree: PyTree, where: str = "", canon: str = ""):
+    """Yield ``(path, canonical path, leaf, role)`` for every leaf of an optimizer state.
+
+    The canonical path leaves out ``optax.inject_hyperparams`` wrappers, so a state restores into
+    an optimizer that gained or lost one. Roles: ``"state"`` (restored from the checkpoint),
+    ``"step"`` (an Adam/AdaMax step count, restored too); ``"record"`` (a value of a
+    hyperparameter record) and ``"inject"`` (a value injected with ``optax.inject_hyperparams``),
+    both taken from the optimizer of this run; ``"inject_count"`` and ``"schedule_count"`` (the
+    counts of ``inject_hyperparams`` and of a learning-rate schedule: restored where the
+    checkpoint has them, else set to the Adam/AdaMax step count, so a constant learning rate
+    can become a schedule on resume).
+    """
+    stop = lambda x: (
+        _hyperparams.has_record(x) or _is_inject(x) or isinstance(x, optax.ScaleByScheduleState)
+    )
+    for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=stop)[0]:
+        key = jax.tree_util.keystr(path)
+        if _is_inject(node):
+            for sub, leaf in jax.tree_util.tree_leaves_with_path(node._replace(inner_state=None)):
+                name = jax.tree_util.keystr(sub)
+                role = (
+                    "inject"
+                    if name.startswith(".hyperparams[")
+                    else "inject_count"
+                    if name == ".count"
+                    else "schedule_count"  # the state of an injected schedule
+                )
+                yield where + key + name, canon + key + "#inject" + name, leaf, role
+            yield from _walk(node.inner_state, where + key + ".inner_state", canon + key)
+        elif _hyperparams.has_record(node):
+            for sub, leaf in jax.tree_util.tree_leaves_with_path(node._replace(hyperparams=None)):
+                name = jax.tree_util.keystr(sub)
+                role = "step" if name == ".count" else "state"
+                yield where + key + name, canon + key + name, leaf, role
+            for sub, leaf in jax.tree_util.tree_leaves_with_path(node.hyperparams):
+                name = ".hyperparams" + jax.tree_util.keystr(sub)
+                yield where + key + name, canon + key + name, leaf, "record"
+        elif isinstance(node, optax.ScaleByScheduleState):
+            yield where + key + ".count", canon + key + ".count", node.count, "schedule_count"
+        else:
+            yield where + key, canon + key, node, "state"
+
+
+def _outline(tree: PyTree) -> Any:
+    """The state's transformations by state type: a chain as a list, a wrapper as
+    ``{type: inner}``, ``optax.inject_hyperparams`` left out (it may be added or removed)."""
+    if _is_inject(tree):
+        return _outline(tree.inner_state)
+    if isinstance(tree, optax.ScaleByScheduleState):  # a learning rate, constant or scheduled
+        return "EmptyState"
+    if isinstance(tree, tuple) and not hasattr(tree, "_fields"):  # a chain, nested ones flat
+        found = []
+        for x in tree:
+            inner = _outline(x)
+            found += inner if isinstance(inner, list) else [inner]
+        return found
+    inner = getattr(tree, "inner_state", None)
+    if inner is not None and hasattr(tree, "_fields"):
+        return {type(tree).__name__: _outline(inner)}
+    return type(tree).__name__
 
 
 def _tree_fingerprint(tree: PyTree) -> dict[str, Any]:
@@ -59,19 +132,31 @@ def _tree_fingerprint(tree: PyTree) -> dict[str, Any]:
         jax.tree_util.keystr(path): f"{jnp.dtype(leaf.dtype).name}{list(leaf.shape)}"
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
     }
-    # Hyperparameter records are compared one by one (_hyperparams_fingerprint), not as structure.
-    bare = jax.tree.map(
-        lambda x: None if _hyperparams.is_record(x) else x, tree, is_leaf=_hyperparams.is_record
-    )
-    return {"structure": str(jax.tree.structure(bare)), "leaves": leaves}
+    return {"structure": str(jax.tree.structure(tree)), "leaves": leaves}
 
 
-def _hyperparams_fingerprint(opt_state: PyTree) -> dict[str, dict[str, Any]]:
-    """{path of each Adam/AdaMax state: its recorded hyperparameters, JSON-able}."""
-    return {
-        path or "(root)": {name: _hyperparams.describe(value) for name, value in record.items()}
-        for path, _, record, _ in _hyperparams.records(opt_state)
-    }
+def _state_fingerprint(opt_state: PyTree) -> dict[str, Any]:
+    found = _tree_fingerprint(opt_state)
+    found["canonical"] = {path: [canon, role] for path, canon, _, role in _walk(opt_state)}
+    found["outline"] = _outline(opt_state)
+    return found
+
+
+def _jsonable(value: Any) -> Any:
+    value = np.asarray(value)
+    if value.ndim:
+        return [None if np.isnan(v) else float(v) for v in value.astype(np.float64)]
+    return float(value)
+
+
+def _canonical_records(opt_state: PyTree) -> dict[str, dict[str, Any]]:
+    """{canonical path of each Adam/AdaMax state: its record, JSON-able} (concrete states)."""
+    found: dict[str, dict[str, Any]] = {}
+    for _, canon, leaf, role in _walk(opt_state):
+        if role == "record":
+            owner, name = canon.rsplit(".hyperparams", 1)
+            found.setdefault(owner or "(root)", {})[name[2:-2]] = _jsonable(leaf)
+    return found
 
 
 def checkpoint_fingerprint(
@@ -81,65 +166,23 @@ def checkpoint_fingerprint(
 
     Args:
       params: parameters (arrays or ``jax.ShapeDtypeStruct``).
-      opt_state: optimizer state (arrays or ``jax.ShapeDtypeStruct``).
+      opt_state: optimizer state (concrete arrays: its hyperparameter records are read).
       config: optional JSON-able mapping, e.g. the optimizer's hyperparameters.
 
     Returns:
       ``{"params": ..., "opt_state": ..., "hyperparams": ..., "config": ...}`` with each tree's
-      structure and every leaf's dtype and shape, and the hyperparameters recorded in
-      ``opt_state`` (a schedule by its values at a few steps; an injected value as
-      ``"injected"``, since the state itself holds it).
+      structure and every leaf's dtype and shape, the state's leaves by their canonical paths
+      (``optax.inject_hyperparams`` wrappers left out) and its outline (transformations by state
+      type), and the hyperparameters recorded in ``opt_state`` (a schedule by its values at
+      ``SCHEDULE_STEPS``).
     """
     return {
+        "format": 2,
         "params": _tree_fingerprint(params),
-        "opt_state": _tree_fingerprint(opt_state),
-        "hyperparams": _hyperparams_fingerprint(opt_state),
+        "opt_state": _state_fingerprint(opt_state),
+        "hyperparams": _canonical_records(opt_state),
         "config": None if config is None else json.loads(json.dumps(dict(config))),
     }
-
-
-def _hyperparams_differences(
-    saved: Mapping[str, Any], current: Mapping[str, Any], allowed: Any
-) -> list[str]:
-    """One line per recorded hyperparameter that differs and is not in ``allowed``."""
-    old_all, new_all = saved.get("hyperparams"), current["hyperparams"]
-    if old_all is None:  # written before hyperparameters were recorded
-        return []
-    found = []
-    for path in sorted(old_all.keys() | new_all.keys()):
-        old, new = old_all.get(path, {}), new_all.get(path, {})
-        for name in sorted(old.keys() | new.keys()):
-            if old.get(name, "absent") != new.get(name, "absent") and not (
-                allowed is True or name in allowed
-            ):
-                found.append(
-                    f"hyperparameter {path}.{name}: checkpoint {old.get(name, 'absent')}, "
-                    f"this run {new.get(name, 'absent')}"
-                )
-    return found
-
-
-def _differences(
-    saved: Mapping[str, Any], current: Mapping[str, Any], check_config: bool, allowed: Any = ()
-) -> list:
-    found = []
-    for section in ("params", "opt_state"):
-        old, new = saved.get(section) or {}, current[section]
-        if old.get("structure") != new["structure"]:
-            found.append(
-                f"{section} structure: checkpoint {old.get('structure')}, this run {new['structure']}"
-            )
-        old_leaves, new_leaves = old.get("leaves") or {}, new["leaves"]
-        for key in sorted(old_leaves.keys() | new_leaves.keys()):
-            if old_leaves.get(key) != new_leaves.get(key):
-                found.append(
-                    f"{section} leaf {key}: checkpoint {old_leaves.get(key, 'absent')}, "
-                    f"this run {new_leaves.get(key, 'absent')}"
-                )
-    found += _hyperparams_differences(saved, current, allowed)
-    if check_config and saved.get("config") != current["config"]:
-        found.append(f"config: checkpoint {saved.get('config')}, this run {current['config']}")
-    return found
 
 
 def save_checkpoint(
@@ -169,27 +212,182 @@ def save_checkpoint(
 
     Every file's SHA-256 is stored in ``adam_jax_manifest.json``, written last;
     :func:`restore_checkpoint` verifies them.
+
+    Saves to one ``directory`` run one at a time: process 0 holds the lock file
+    ``.NAME.adam_jax-lock`` beside it (deleted afterwards) and a second save waits for it.
+    ``directory`` must not be a symbolic link (it is replaced by renames): pass the real path.
     """
     ocp = _orbax()
     directory = Path(directory).absolute()
     _ckpt_files.check_path(directory, "save_checkpoint")
-    _recover(directory)
-    _ckpt_files.check_replaceable(directory, force, "save_checkpoint")
-    staging = _ckpt_files.sibling(directory, "new")
-    fingerprint = checkpoint_fingerprint(params, opt_state, config)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        checkpointer.save(
-            staging,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params),
-                opt_state=ocp.args.StandardSave(opt_state),
-                optimizer=ocp.args.JsonSave(fingerprint),
-            ),
+    first = jax.process_index() == 0
+    if first:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+    with _ckpt_files.locked(directory, hold=first):
+        _recover(directory)
+        _ckpt_files.check_replaceable(directory, force, "save_checkpoint")
+        staging = _ckpt_files.sibling(directory, "new")
+        fingerprint = checkpoint_fingerprint(params, opt_state, config)
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+            checkpointer.save(
+                staging,
+                args=ocp.args.Composite(
+                    params=ocp.args.StandardSave(params),
+                    opt_state=ocp.args.StandardSave(_flat(opt_state)),
+                    optimizer=ocp.args.JsonSave(fingerprint),
+                ),
+            )
+        if first:
+            _ckpt_files.write_manifest(staging)
+            _ckpt_files.swap_into_place(staging, directory)
+        _sync("adam_jax_checkpoint_saved")
+
+
+def _flat(opt_state: PyTree) -> dict[str, Any]:
+    """The state's leaves as ``{"00000": leaf, ...}`` in flattening order: stored so, a state
+    restores into an optimizer whose tree differs in wrappers or records (matched by the
+    fingerprint's canonical paths)."""
+    return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(opt_state))}
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the optimizer (or parameters, or config) given to restore it.
+
+    The message names the main differences in a few lines; ``differences`` lists all of them.
+    """
+
+    def __init__(self, message: str, differences: list[str]):
+        super().__init__(message)
+        self.differences = differences
+
+
+def _type_name(outline: Any) -> str:
+    if isinstance(outline, dict):
+        ((name, inner),) = outline.items()
+        return f"{name}({_type_name(inner)})"
+    if isinstance(outline, list):
+        return "chain(" + ", ".join(_type_name(x) for x in outline) + ")"
+    return str(outline)
+
+
+def _explain_outline(saved: Any, current: Any, where: str = "the optimizer") -> list[str]:
+    """One line per transformation added, removed or changed, by comparing the outlines."""
+    if isinstance(saved, list) and isinstance(current, list):
+        if len(saved) != len(current):
+            old = [_type_name(x) for x in saved]
+            new = [_type_name(x) for x in current]
+            lines = [f"{where} has {len(current)} transformations, the checkpoint {len(saved)}"]
+            matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
+            for op, i1, i2, j1, j2 in matcher.get_opcodes():
+                if op in ("delete", "replace"):
+                    lines.append(
+                        f"  the checkpoint's [{i1}:{i2}] {', '.join(old[i1:i2])} is not in this run"
+                    )
+                if op in ("insert", "replace"):
+                    lines.append(
+                        f"  this run's [{j1}:{j2}] {', '.join(new[j1:j2])} is not in the checkpoint"
+                    )
+            return lines
+        return [
+            line
+            for i, (a, b) in enumerate(zip(saved, current, strict=True))
+            for line in _explain_outline(a, b, f"{where}[{i}]")
+        ]
+    if isinstance(saved, dict) and isinstance(current, dict) and saved.keys() == current.keys():
+        ((name, a),) = saved.items()
+        return _explain_outline(a, current[name], f"{where} ({name})")
+    if saved != current:
+        return [f"{where}: checkpoint {_type_name(saved)}, this run {_type_name(current)}"]
+    return []
+
+
+def _check_allow_changes(allow_changes: Any, known: set[str]) -> set[str] | bool:
+    if allow_changes is True:
+        return True
+    if allow_changes is None or allow_changes is False:
+        return set()
+    names = {allow_changes} if isinstance(allow_changes, str) else allow_changes
+    try:
+        names = set(names)
+    except TypeError:
+        raise TypeError(
+            f"restore_checkpoint: allow_changes={allow_changes!r}; expected True, or a collection "
+            "of hyperparameter names such as {'learning_rate'}."
+        ) from None
+    unknown = sorted(n for n in names if n not in known)
+    if unknown:
+        raise ValueError(
+            f"restore_checkpoint: allow_changes names {', '.join(map(repr, unknown))}, which "
+            f"no optimizer here records; known names: {', '.join(sorted(known))}."
         )
-    if jax.process_index() == 0:
-        _ckpt_files.write_manifest(staging)
-        _ckpt_files.swap_into_place(staging, directory)
-    _sync("adam_jax_checkpoint_saved")
+    return names
+
+
+def _same_values(old: Any, new: Any) -> bool:
+    a, b = np.asarray(old, np.float64), np.asarray(new, np.float64)
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-6, atol=0.0, equal_nan=False))
+
+
+def _describe(values: Mapping[str, Any], name: str) -> str:
+    if name + "_schedule" in values:
+        return "a schedule"
+    if name not in values:
+        return "absent"
+    return repr(_hyperparams.as_number(np.float32(values[name])))
+
+
+def _hyperparams_differences(saved: Mapping, current: Mapping, allowed: Any) -> list[str]:
+    """One line per recorded hyperparameter that differs and is not in ``allowed``: numbers by
+    value, a schedule by its values at ``SCHEDULE_STEPS`` (one that cannot be evaluated there
+    never counts as equal)."""
+    found = []
+    for owner in sorted(saved.keys() | current.keys()):
+        old, new = saved.get(owner, {}), current.get(owner, {})
+        names = {n.removesuffix("_schedule") for n in old.keys() | new.keys()}
+        for name in sorted(names):
+            if allowed is True or name in allowed:
+                continue
+            sched = name + "_schedule"
+            if sched in old or sched in new:
+                same = sched in old and sched in new and _same_values(old[sched], new[sched])
+            else:
+                same = name in old and name in new and _same_values(old[name], new[name])
+            if not same:
+                found.append(
+                    f"hyperparameter {owner}.{name}: checkpoint {_describe(old, name)}, "
+                    f"this run {_describe(new, name)}"
+                )
+    return found
+
+
+def _record_values(tx: optax.GradientTransformation, abstract_params: PyTree) -> dict[str, Any]:
+    """{path: value} of the record and injected leaves of ``tx.init(params)``, computed without
+    allocating the state (everything else is dead code to XLA)."""
+
+    def init_records() -> dict[str, Any]:
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, p.dtype), abstract_params)
+        return {
+            path: leaf
+            for path, _, leaf, role in _walk(tx.init(zeros))
+            if role in ("record", "inject")
+        }
+
+    return jax.device_get(jax.jit(init_records)())
+
+
+def _with_default_device(params: PyTree) -> PyTree:
+    """Abstract parameters; where no leaf has a sharding, all go to the default device."""
+    has = [
+        isinstance(getattr(x, "sharding", None), jax.sharding.Sharding)
+        for x in jax.tree.leaves(params)
+    ]
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0]) if not any(has) else None
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=default or getattr(x, "sharding", None)
+        ),
+        params,
+    )
 
 
 def restore_checkpoint(
@@ -198,77 +396,207 @@ def restore_checkpoint(
     params: PyTree,
     *,
     config: Mapping[str, Any] | None = None,
-    allow_changes: Collection[str] | bool = (),
+    allow_changes: Collection[str] | bool | None = (),
 ) -> tuple[PyTree, PyTree]:
     """Read ``(params, opt_state)`` written by :func:`save_checkpoint`, laid out like ``params``.
 
+    The state is rebuilt for ``tx``, the optimizer training continues with: its step counts and
+    moments come from the checkpoint, its hyperparameters from ``tx``. So ``tx`` wins wherever
+    the two differ, and a difference must be named in ``allow_changes`` (a learning rate that
+    is now a schedule, a new injected value, ...). Adding or removing
+    ``optax.inject_hyperparams`` around the optimizer is not a difference: the step count and
+    moments carry over, and an added wrapper's count starts at the wrapped state's step count.
+
     Args:
       directory: the checkpoint directory.
-      tx: the optimizer training continues with; its state must have the structure, dtypes and
-        shapes of the saved one.
+      tx: the optimizer training continues with; its state must hold the same moments (dtypes
+        and shapes) as the saved one.
       params: the target parameters: ``jax.Array`` or ``jax.ShapeDtypeStruct`` leaves with the
-        ``sharding`` to restore onto (values are ignored). The state goes to
-        ``state_sharding(tx, params)``.
+        ``sharding`` to restore onto (values are ignored); without any sharding, everything
+        goes to the default device. The state goes to ``state_sharding(tx, params)``.
       config: when given, must equal the ``config`` the checkpoint was saved with.
       allow_changes: names of recorded hyperparameters that may differ from the checkpoint's,
-        e.g. ``{"learning_rate"}`` to resume with a deliberately new learning rate (``True``: any
-        hyperparameter). The state's structure, dtypes and shapes must match regardless.
+        e.g. ``{"learning_rate"}`` to resume with a deliberately new learning rate (``True``:
+        any hyperparameter; ``None``/``False``/``()``: none). A name no optimizer records
+        raises ``ValueError`` listing the known ones.
 
     Returns:
-      ``(params, opt_state)``, sharded as above, bit-identical to what was saved.
+      ``(params, opt_state)``, sharded as above; every restored array is bit-identical to the
+      saved one.
 
     Raises:
-      ValueError: the checkpoint was written for a different optimizer configuration or
-        parameters (the message lists what differs); or it is damaged: a file does not match
-        the checksum recorded at save time, an item is missing, or a link leads out of the
-        checkpoint folder (the message names the file or item).
+      CheckpointMismatchError: (a ``ValueError``) the checkpoint does not fit ``tx``, ``params``
+        or ``config``: the message says what in a few lines (transformations added or removed,
+        a leaf whose shape or dtype changed, a hyperparameter); ``err.differences`` has all.
+      ValueError: the checkpoint is damaged: a file does not match the checksum recorded at
+        save time, an item is missing, or a link leads out of the checkpoint folder.
     """
     ocp = _orbax()
     directory = Path(directory).absolute()
     _ckpt_files.check_path(directory, "restore_checkpoint")
-    _recover(directory)
+    directory = _ckpt_files.to_read(directory)  # moves nothing: a restore never writes
     _ckpt_files.verify(directory, "restore_checkpoint")
-    abstract_params = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        params,
-    )
+    _check_not_wrapped(params, "params")
+    abstract_params = _with_default_device(params)
     shardings = state_sharding(tx, abstract_params)
-    abstract_state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        jax.eval_shape(tx.init, abstract_params),
-        shardings,
-    )
+    target = jax.eval_shape(tx.init, abstract_params)
+    treedef = jax.tree.structure(target)
+    walked = list(_walk(target))
+    target_shardings = jax.tree.leaves(shardings)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         saved = checkpointer.restore(
             directory, args=ocp.args.Composite(optimizer=ocp.args.JsonRestore())
         ).optimizer
-        if not isinstance(saved, Mapping):
+        if not isinstance(saved, Mapping) or saved.get("format") != 2:
             raise ValueError(
-                f"{directory} has no adam_jax optimizer fingerprint; write checkpoints with "
-                "adam_jax.save_checkpoint."
+                f"restore_checkpoint: {directory} was not written by adam_jax >= 0.4's "
+                "save_checkpoint (no optimizer fingerprint of format 2). Checkpoints of adam_jax "
+                "0.3 and earlier restore with adam_jax 0.3; a checkpoint of an optax state "
+                "converts with adam_jax.from_optax_state."
             )
-        current = checkpoint_fingerprint(abstract_params, abstract_state, config)
-        allowed = (
-            allow_changes
-            if allow_changes is True
-            else set([allow_changes] if isinstance(allow_changes, str) else allow_changes)
-        )
-        differences = _differences(saved, current, config is not None, allowed)
+        records = _record_values(tx, abstract_params)
+        current_records: dict[str, dict[str, Any]] = {}
+        for path, canon, _, role in walked:
+            if role == "record":
+                owner, name = canon.rsplit(".hyperparams", 1)
+                current_records.setdefault(owner or "(root)", {})[name[2:-2]] = _jsonable(
+                    records[path]
+                )
+        known = {
+            n.removesuffix("_schedule")
+            for values in (*saved.get("hyperparams", {}).values(), *current_records.values())
+            for n in values
+        }
+        allowed = _check_allow_changes(allow_changes, known)
+
+        # What differs: parameters exactly; the state's leaves by canonical path.
+        differences: list[str] = []
+        summary: list[str] = []
+        old_p, new_p = saved.get("params") or {}, _tree_fingerprint(abstract_params)
+        if old_p.get("structure") != new_p["structure"]:
+            summary.append(
+                f"params structure: checkpoint {old_p.get('structure')}, this run "
+                f"{new_p['structure']}"
+            )
+        for key in sorted(old_p.get("leaves", {}).keys() | new_p["leaves"].keys()):
+            a, b = old_p.get("leaves", {}).get(key, "absent"), new_p["leaves"].get(key, "absent")
+            if a != b:
+                differences.append(f"params leaf {key}: checkpoint {a}, this run {b}")
+        old_s = saved["opt_state"]
+        saved_order = list(old_s["leaves"])
+        by_canon = {
+            canon: (i, path, role)
+            for i, (path, (canon, role)) in enumerate(
+                (p, old_s["canonical"][p]) for p in saved_order
+            )
+        }
+        summary += _explain_outline(old_s.get("outline"), _outline(target))
+        current_leaves = _tree_fingerprint(target)["leaves"]
+        wanted_canon = set()
+        for path, canon, _, role in walked:
+            if role in ("record", "inject"):
+                continue
+            wanted_canon.add(canon)
+            have = by_canon.get(canon)
+            if have is None:
+                if role in ("state", "step"):
+                    differences.append(
+                        f"opt_state leaf {path}: checkpoint absent, this run {current_leaves[path]}"
+                    )
+            elif old_s["leaves"][have[1]] != current_leaves[path]:
+                differences.append(
+                    f"opt_state leaf {path}: checkpoint {old_s['leaves'][have[1]]}, this run "
+                    f"{current_leaves[path]}"
+                )
+        for canon, (_, path, role) in by_canon.items():
+            if role in ("state", "step") and canon not in wanted_canon:
+                differences.append(
+                    f"opt_state leaf {path}: checkpoint {old_s['leaves'][path]}, this run absent"
+                )
+        hyper = _hyperparams_differences(saved.get("hyperparams") or {}, current_records, allowed)
+        if config is not None and saved.get("config") != json.loads(json.dumps(dict(config))):
+            hyper.append(f"config: checkpoint {saved.get('config')}, this run {dict(config)}")
+        # The first lines say what changed: transformations added or removed, else the
+        # hyperparameters, else the leaves; the error's .differences has every line.
+        differences = summary + hyper + differences
         if differences:
-            listed = "\n  ".join(differences[:_MAX_LISTED])
-            more = len(differences) - _MAX_LISTED
-            raise ValueError(
-                f"checkpoint {directory} was written for a different optimizer configuration "
-                f"than the one given to restore_checkpoint:\n  {listed}"
-                + (f"\n  ... and {more} more" if more > 0 else "")
+            shown = (summary or differences)[:_SHOWN]
+            listed = "\n  ".join(shown)
+            more = len(differences) - len(shown)
+            raise CheckpointMismatchError(
+                f"restore_checkpoint: checkpoint {directory} does not fit the optimizer, "
+                f"parameters or config given:\n  {listed}"
+                + (
+                    f"\n  ... and {more} more (all of them: the error's .differences)"
+                    if more > 0
+                    else ""
+                )
                 + "\nRestore with the optimizer (and config) the checkpoint was saved with, or "
-                "name the hyperparameters you mean to change in allow_changes=."
+                "name the hyperparameters you mean to change in allow_changes=.",
+                differences,
+            )
+
+        # Read every saved leaf, each onto the sharding of the leaf it becomes (replicated
+        # for those this run does not use).
+        sharding_of = {canon: target_shardings[i] for i, (_, canon, _, _) in enumerate(walked)}
+        fallback = _fallback_sharding(target_shardings)
+        abstract_saved = {}
+        for i, path in enumerate(saved_order):
+            dtype, shape = _parse_leaf(old_s["leaves"][path])
+            canon = old_s["canonical"][path][0]
+            abstract_saved[f"{i:05d}"] = jax.ShapeDtypeStruct(
+                shape, dtype, sharding=sharding_of.get(canon, fallback)
             )
         restored = checkpointer.restore(
             directory,
             args=ocp.args.Composite(
                 params=ocp.args.StandardRestore(abstract_params),
-                opt_state=ocp.args.StandardRestore(abstract_state),
+                opt_state=ocp.args.StandardRestore(abstract_saved),
             ),
         )
-    return restored.params, restored.opt_state
+    flat = restored.opt_state
+    leaves = []
+    for (path, canon, _, role), sharding in zip(walked, target_shardings, strict=True):
+        if role in ("record", "inject"):
+            leaves.append(jax.device_put(records[path], sharding))
+        elif canon in by_canon:
+            leaves.append(flat[f"{by_canon[canon][0]:05d}"])
+        else:  # inject_hyperparams or a schedule added on resume: the step count
+            leaves.append(jax.device_put(_step_count(walked, by_canon, flat), sharding))
+    return restored.params, jax.tree.unflatten(treedef, leaves)
+
+
+def _step_count(walked: list, by_canon: dict, flat: dict) -> Any:
+    """The step count of the (first) Adam/AdaMax state, as restored."""
+    for _, canon, _, role in walked:
+        if role == "step" and canon in by_canon:
+            return flat[f"{by_canon[canon][0]:05d}"]
+    return jnp.zeros([], jnp.int32)
+
+
+def _fallback_sharding(shardings: list) -> Any:
+    for s in shardings:
+        if isinstance(s, jax.sharding.NamedSharding):
+            return jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec())
+    return shardings[0] if shardings else jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def _parse_leaf(text: str) -> tuple[Any, tuple[int, ...]]:
+    """``"float32[3, 4]"`` -> (float32, (3, 4))."""
+    name, shape = text.split("[", 1)
+    dims = shape.rstrip("]").strip()
+    return jnp.dtype(name), tuple(int(d) for d in dims.split(",")) if dims else ()
+
+
+def _check_not_wrapped(tree: PyTree, name: str) -> None:
+    """A clear error for Flax NNX variables, which wrap arrays in objects orbax cannot match."""
+    for leaf in jax.tree.leaves(
+        tree, is_leaf=lambda x: hasattr(x, "get_value") or hasattr(x, "raw_value")
+    ):
+        if hasattr(leaf, "raw_value") or type(leaf).__module__.startswith("flax.nnx"):
+            raise ValueError(
+                f"restore_checkpoint: {name} holds Flax NNX variables ({type(leaf).__name__}); "
+                "pass plain arrays: for a model, params = nnx.state(model, nnx.Param) turned into "
+                "arrays with nnx.to_pure_dict(params), or see adam_jax.nnx_checkpoint (the README's "
+                "'Checkpoints' section shows the whole recipe)."
+            )

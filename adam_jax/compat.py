@@ -16,8 +16,8 @@ conventions they encode (every one checked against the installed sources)::
 Two PyTorch conventions cannot be composed from the paper's rules (the AMSGrad maximum of the raw
 ``v_t``, AdaMax's eps inside the max); they reach the core through its one private hook each,
 ``transforms._scale_by_adam(raw_amsgrad_max=True)`` and ``transforms._scale_by_adamax(eps_in_max=True)``.
-Each preset records its name and hyperparameters (under the paper's names: ``learning_rate``,
-``b1``, ``b2``, ``eps``) in the state, for :func:`adam_jax.monitor` and checkpoints.
+Each preset records its hyperparameters (under the paper's names: ``learning_rate``, ``b1``,
+``b2``, ``eps``, plus its own switches) in the state, for :func:`adam_jax.monitor` and checkpoints.
 
 ``alpha_t = lr*sqrt(1-b2^t)/(1-b1^t)`` is the efficient form of the end of Section 2 (Keras calls
 ``eps_hat`` "epsilon"). Decoupled decay uses the parameters *before* the step, as both frameworks.
@@ -124,7 +124,6 @@ def torch_adam(
         raw_amsgrad_max=True,  # PyTorch: max_{s<=t} v_s / (1 - b2^t)
     )
     record = dict(
-        preset="torch_adam",
         learning_rate=lr,
         weight_decay=weight_decay,
         maximize=maximize,
@@ -194,7 +193,7 @@ def torch_adamax(
         eps_in_max=True,  # PyTorch: u_t = max(b2 u, |g| + eps), step m_hat / u_t
     )
     record = dict(
-        preset="torch_adamax", learning_rate=lr, weight_decay=weight_decay, maximize=maximize
+        learning_rate=lr, weight_decay=weight_decay, maximize=maximize
     )
     return optax.chain(
         *([optax.scale(-1.0)] if maximize else []),
@@ -226,7 +225,7 @@ def keras_adam(
     _check_common(learning_rate, beta_1, beta_2, epsilon, weight_decay, _KERAS_NAMES)
     _validate.check_flag("amsgrad", amsgrad)
     rescaler = transforms.scale_by_adam(beta_1, beta_2, epsilon, eps_hat=True, amsgrad=amsgrad)
-    record = dict(preset="keras_adam", learning_rate=learning_rate, weight_decay=weight_decay)
+    record = dict(learning_rate=learning_rate, weight_decay=weight_decay)
     return optax.chain(
         annotate(rescaler, **record),
         *_decay(weight_decay, mask),
@@ -267,7 +266,7 @@ def keras_adamax(
     """
     _check_common(learning_rate, beta_1, beta_2, epsilon, weight_decay, _KERAS_NAMES)
     rescaler = transforms.scale_by_adamax(beta_1, beta_2, epsilon)
-    record = dict(preset="keras_adamax", learning_rate=learning_rate, weight_decay=weight_decay)
+    record = dict(learning_rate=learning_rate, weight_decay=weight_decay)
     return optax.chain(
         annotate(rescaler, **record),
         *_decay(weight_decay, mask),

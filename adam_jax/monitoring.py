@@ -22,11 +22,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.typing import ArrayLike
 
 from adam_jax import _hyperparams, _tree, _validate
-from adam_jax._hyperparams import INJECTED
 from adam_jax.averaging import find_state
 from adam_jax.transforms import ScaleByAdamaxState, ScaleByAdamState
 
@@ -72,7 +72,7 @@ def monitor(
     b1: ArrayLike | None = None,
     b2: ArrayLike | None = None,
     near: float = 0.9,
-    every: int = 1,
+    every: int = 10,
 ) -> optax.GradientTransformation:
     r"""Wrap ``tx`` (containing one Adam or AdaMax) to record :class:`StepStats` of its steps.
 
@@ -104,9 +104,11 @@ def monitor(
         ``adam``) give them here; a value that contradicts the recorded one raises.
       near: the fraction of the bound counted as "near" it, in (0, 1].
       every: compute the statistics at steps t = 1, 1 + every, 1 + 2*every, ... only, and keep
-        the last ones in between (``step`` says which step they describe). 1 computes them at
-        every step, which on CPU costs about 1.3x a small model's training step; ``every=10``
-        about 1.05x (``benchmarks/monitor_overhead.py``).
+        the last ones in between (``step`` says which step they describe). The statistics that
+        are computed are exact. The default, 10, keeps the monitor cheap enough to leave on;
+        1 computes them at every step, which costs a step a good deal more (the reductions
+        read every update and moment once more). ``python benchmarks/monitor_overhead.py``
+        measures both.
 
     Raises:
       ValueError: at ``init`` if the state holds no Adam/AdaMax state, a needed hyperparameter is
@@ -125,24 +127,22 @@ def monitor(
 
     def hyperparameters(inner_state: optax.OptState, adam_state: Any) -> tuple[Any, Any, Any]:
         """(alpha_t, b1, b2) for the step just taken: recorded, injected, or given."""
-        found = _recorded(inner_state, adam_state)
+        found, injected = _recorded(inner_state, adam_state)
         is_adamax = isinstance(adam_state, ScaleByAdamaxState)
-        values = {name: _settle(name, given[name], found) for name in given}
-        if values["learning_rate"] is None and _hyperparams.is_record(
-            getattr(adam_state, "hyperparams", None)
-        ):
+        values = {name: _settle(name, given[name], found, injected) for name in given}
+        if values["learning_rate"] is None and _hyperparams.has_record(adam_state):
             values["learning_rate"] = 1.0  # a bare rescaler: statistics in units of alpha
         if is_adamax and values["b2"] is None:
             values["b2"] = 0.0  # unused: u_t needs no bias correction
-        missing = [name for name, value in values.items() if value is None or value is INJECTED]
+        missing = [name for name, value in values.items() if value is None]
         if missing:
             raise ValueError(
                 f"monitor: cannot find {', '.join(missing)} in the optimizer: build it with "
                 "adam_jax (which records its hyperparameters), inject them with "
                 "optax.inject_hyperparams, or pass them to monitor(...)."
             )
-        lr = values["learning_rate"]
-        if callable(lr):
+        lr = values["learning_rate"]  # a record holds the rate of the step just taken
+        if callable(lr):  # given to monitor(...)
             lr = lr(adam_state.count - 1)  # optax.scale_by_learning_rate: schedule(t - 1)
         return lr, values["b1"], values["b2"]
 
@@ -185,39 +185,54 @@ def monitor(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _recorded(inner_state: optax.OptState, adam_state: Any) -> dict[str, Any]:
-    """The hyperparameters the state holds for ``adam_state``: its record, injected values
-    resolved; for an optimizer without a record (optax's), whatever was injected."""
-    for _, node, record, injected in _hyperparams.records(inner_state):
+def _recorded(inner_state: optax.OptState, adam_state: Any) -> tuple[dict, set[str]]:
+    """The hyperparameters the state holds for ``adam_state`` (its record, injected values read
+    live) and the names injected with ``optax.inject_hyperparams``; for an optimizer without a
+    record (optax's), whatever was injected."""
+    for _, node, found, injected in _hyperparams.records(inner_state):
         if node is adam_state:
-            return _hyperparams.resolve(record, injected)
-    return _hyperparams.all_injected(inner_state)
+            resolved = {
+                n: _hyperparams.as_number(v)
+                for n, v in _hyperparams.resolve(found, injected).items()
+            }
+            live = {n for n in resolved if _hyperparams.injected_value(n, injected) is not None}
+            return resolved, live
+    injected = _hyperparams.all_injected(inner_state)
+    return injected, set(injected)
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal as hyperparameters: numbers to float32 rounding, schedules by identity."""
-    if callable(a) or callable(b):
-        return a is b
-    return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=0.0)
+def _same(given: Any, have: Any, samples: Any) -> bool:
+    """Equal as hyperparameters: numbers to float32 rounding; a schedule by its values at
+    ``SCHEDULE_STEPS`` against the recorded ones (``samples``, ``None`` for a constant)."""
+    if callable(given):
+        return samples is not None and bool(
+            np.allclose(_hyperparams.schedule_samples(given), np.asarray(samples), rtol=1e-6)
+        )
+    return samples is None and math.isclose(
+        float(np.float32(given)), float(have), rel_tol=1e-6, abs_tol=0.0
+    )
 
 
-def _settle(name: str, given: Any, found: dict[str, Any]) -> Any:
+def _settle(name: str, given: Any, found: dict[str, Any], injected: set[str]) -> Any:
     """The value of ``name`` the statistics use: the optimizer's; ``given`` only where the
     optimizer has none, and a ``given`` that contradicts it is an error naming both."""
     have = found.get(name)
     if given is None:
         return have
-    if have is None or have is INJECTED:
+    if have is None:
         return given
-    if isinstance(have, (jax.Array, jax.core.Tracer)):
+    if name in injected:
         raise ValueError(
             f"monitor: {name}={given!r} was passed, but the optimizer's {name} is injected with "
             f"optax.inject_hyperparams and read from its state at every step: leave {name} out."
         )
-    if not _same(given, have):
+    if isinstance(have, jax.core.Tracer):  # compared at init, where the record is concrete
+        return have
+    if not _same(given, have, found.get(name + "_schedule")):
+        shown = "a schedule" if name + "_schedule" in found else repr(float(have))
         raise ValueError(
             f"monitor: {name}={given!r} was passed, but the optimizer was built with "
-            f"{name}={have!r}: leave {name} out (the monitor reads it from the optimizer)."
+            f"{name}={shown}: leave {name} out (the monitor reads it from the optimizer)."
         )
     return have
 

@@ -19,7 +19,7 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _checks, _tree, _validate
-from adam_jax._hyperparams import Hyperparams
+from adam_jax._hyperparams import Hyperparams, record
 
 
 class ScaleByAdamState(NamedTuple):
@@ -29,7 +29,7 @@ class ScaleByAdamState(NamedTuple):
     mu: optax.Updates  # m_t, first moment
     nu: optax.Updates  # v_t, second raw moment
     nu_max: optax.Updates  # running max of v_hat (or v_t with eps_hat); None unless amsgrad
-    hyperparams: Hyperparams | None = None  # what the optimizer was built with (no leaves)
+    hyperparams: Hyperparams | None = None  # the values of the optimizer that ran, as leaves
 
 
 class ScaleByAdamaxState(NamedTuple):
@@ -38,7 +38,7 @@ class ScaleByAdamaxState(NamedTuple):
     count: jax.Array  # t, int32, saturating
     mu: optax.Updates  # m_t, first moment
     nu: optax.Updates  # u_t, exponentially weighted infinity norm
-    hyperparams: Hyperparams | None = None  # what the optimizer was built with (no leaves)
+    hyperparams: Hyperparams | None = None  # the values of the optimizer that ran, as leaves
 
 
 class BiasCorrectionState(NamedTuple):
@@ -131,10 +131,6 @@ def scale_by_adam(
     )
 
 
-def _dtype_name(dtype: DTypeLike | None) -> str | None:
-    return None if dtype is None else jnp.dtype(dtype).name
-
-
 def _scale_by_adam(
     *,
     b1: ArrayLike,
@@ -171,7 +167,8 @@ def _scale_by_adam(
         ("raw_amsgrad_max", raw_amsgrad_max),
     ]:
         _validate.check_flag(name, flag)
-    record = Hyperparams(
+    # The record of these values (leaves; the moment dtypes show in the moments themselves).
+    values = dict(
         b1=b1,
         b2=b2,
         eps=eps,
@@ -181,14 +178,14 @@ def _scale_by_adam(
         b1_decay=b1_decay,
         amsgrad=amsgrad,
         nesterov=nesterov,
-        mu_dtype=_dtype_name(mu_dtype),
-        nu_dtype=_dtype_name(nu_dtype),
     )
 
     def init_fn(params: optax.Params) -> ScaleByAdamState:
         count, mu, nu = _init_moments(params, mu_dtype, nu_dtype, "scale_by_adam")
         nu_max = jax.tree.map(jnp.copy, nu) if amsgrad else None
-        return ScaleByAdamState(count=count, mu=mu, nu=nu, nu_max=nu_max, hyperparams=record)
+        return ScaleByAdamState(
+            count=count, mu=mu, nu=nu, nu_max=nu_max, hyperparams=record(**values)
+        )
 
     def update_fn(
         updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None
@@ -238,11 +235,17 @@ def _scale_by_adam(
             mu=_tree.cast_like(m, state.mu),
             nu=_tree.cast_like(v, state.nu),
             nu_max=_tree.cast_like(nu_max, state.nu_max) if amsgrad else None,
-            hyperparams=state.hyperparams,  # the record init made (its tree structure too)
+            hyperparams=_rewrite(state.hyperparams, values),
         )
         return _tree.cast_to_updates(direction, updates), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _rewrite(found: Hyperparams | None, values: dict) -> Hyperparams | None:
+    """The record with this transformation's own values written in (the names others added,
+    such as the alias's ``learning_rate``, kept); a state without a record stays without."""
+    return None if found is None else {**found, **record(**values)}
 
 
 def scale_by_adamax(
@@ -315,19 +318,11 @@ def _scale_by_adamax(
     _validate.check_dtype("nu_dtype", nu_dtype)
     _validate.check_flag("eps_in_max", eps_in_max)
     eps_max, eps_out = (eps, 0.0) if eps_in_max else (0.0, eps)
-    record = Hyperparams(
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        bias_correction=bias_correction,
-        b1_decay=b1_decay,
-        mu_dtype=_dtype_name(mu_dtype),
-        nu_dtype=_dtype_name(nu_dtype),
-    )
+    values = dict(b1=b1, b2=b2, eps=eps, bias_correction=bias_correction, b1_decay=b1_decay)
 
     def init_fn(params: optax.Params) -> ScaleByAdamaxState:
         count, mu, nu = _init_moments(params, mu_dtype, nu_dtype, "scale_by_adamax")
-        return ScaleByAdamaxState(count=count, mu=mu, nu=nu, hyperparams=record)
+        return ScaleByAdamaxState(count=count, mu=mu, nu=nu, hyperparams=record(**values))
 
     def update_fn(
         updates: optax.Updates, state: ScaleByAdamaxState, params: optax.Params | None = None
@@ -349,7 +344,7 @@ def _scale_by_adamax(
             count=t,
             mu=_tree.cast_like(m, state.mu),
             nu=_tree.cast_like(u, state.nu),
-            hyperparams=state.hyperparams,  # the record init made (its tree structure too)
+            hyperparams=_rewrite(state.hyperparams, values),
         )
         return _tree.cast_to_updates(direction, updates), new_state
 

@@ -4,6 +4,7 @@
 
 Times (a) a full jitted training step of the Section 6.2 MLP (784-1000-1000-10, forward, backward,
 Adam, apply) and (b) the optimizer update alone, for ``adam_jax.adam(1e-3)`` and for
+``adam_jax.monitor(adam_jax.adam(1e-3))`` with its default cadence, and
 ``adam_jax.monitor(adam_jax.adam(1e-3), every=k)`` for each ``k``. All variants are timed
 interleaved, one step each per round, so load from other processes affects them alike. Printed:
 the median time, and the median and quartiles over rounds of each variant's time divided by the
@@ -67,7 +68,7 @@ def main() -> None:
     grads = jax.grad(loss_fn)(params, x, y)
 
     plain = adam_jax.adam(1e-3)
-    variants = {"adam": plain}
+    variants = {"adam": plain, "monitor (default)": adam_jax.monitor(plain)}
     for k in args.every:
         variants[f"monitor every={k}"] = adam_jax.monitor(plain, every=k)  # nothing else needed
     steps = {name: make_steps(tx) for name, tx in variants.items()}
@@ -101,7 +102,7 @@ def main() -> None:
     )
     print(f"{args.rounds} rounds, load average {load_before:.1f} before, {load_after:.1f} after")
     print(
-        f"{'variant':<18} {'what':<12} {'median (ms)':>11} {'ratio: median':>14} {'[q25, q75]':>16}"
+        f"{'variant':<19} {'what':<12} {'median (ms)':>11} {'ratio: median':>14} {'[q25, q75]':>16}"
     )
     for what in ("train step", "update only"):
         base = times[("adam", what)]
@@ -110,7 +111,7 @@ def main() -> None:
             ratios = sorted(a / b for a, b in zip(own, base, strict=True))
             q25, q75 = (ratios[int(q * (len(ratios) - 1))] for q in (0.25, 0.75))
             print(
-                f"{name:<18} {what:<12} {statistics.median(own) * 1e3:>11.3f} "
+                f"{name:<19} {what:<12} {statistics.median(own) * 1e3:>11.3f} "
                 f"{statistics.median(ratios):>14.3f} {f'[{q25:.3f}, {q75:.3f}]':>16}"
             )
 

@@ -189,9 +189,10 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path, method):
 
     a = np.load(tmp_path / "whole.npz")
     b = np.load(tmp_path / "crashed.npz")
-    # Leaves: 4 parameters, then Adam's count and 2 x 4 moments, then the schedule's count.
-    assert len(a.files) == len(b.files) == 14
+    # Leaves: 4 parameters, then Adam's count, 2 x 4 moments and 11 recorded hyperparameters
+    # (9 of scale_by_adam, the learning rate and its schedule's samples), then the schedule's count.
+    assert len(a.files) == len(b.files) == 25
     for key in a.files:
         assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape
         np.testing.assert_array_equal(a[key], b[key], err_msg=f"leaf {key}")
-    assert int(b["arr_4"]) == int(b["arr_13"]) == STEPS  # the restored step counts continued
+    assert int(b["arr_4"]) == int(b["arr_24"]) == STEPS  # the restored step counts continued
