@@ -437,7 +437,7 @@ def test_two_processes_saving_to_one_folder_are_serialised(tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
-    for p, (out, err) in zip(procs, results):
+    for p, (out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0 and out.strip() == "saved", err[-3000:]
     go.unlink()
     assert _restore(path) in (1.0, 2.0)
