@@ -23,12 +23,19 @@ update and encode into the kernels that write the codes and the updates: no floa
 moments is written to memory (XLA:CPU gives each output its own kernel, which recomputes the
 decode and the update). The Adam/AdaMax math is the wrapped transformation's own
 (``transforms.py``, on ``_tree.py``), unchanged. What an 8-bit format needs on top is each block's
-new scale, and computing the new block maxima would be a second reduction over the updated
-moments. It is not needed: every moment update is monotone in the magnitudes of its inputs
-(``|b1 m + (1-b1) g| <= b1 |m| + (1-b1) |g|``, ``v``, ``u = max(b2 u, |g|)``, the AMSGrad
-maximum), so the same transformation applied to the blocks' old scales and their largest gradient
-magnitude ``max|g|`` bounds every new value of the block. That small update, on one number per
-block, gives the new scales; the only reduction over the parameters is ``max|g|``.
+new scale: the largest ``|value|`` of the new moment in the block (over the value of the largest
+code, so that this element keeps the largest code), one reduction per moment, which XLA fuses
+with the update that produces the moment. Taken from the new moments themselves, the scales hold
+whatever ``tx`` does to the gradient before its rescaler (a sign flip for ``maximize``, PyTorch's
+L2 decay, clipping, ``optax.MultiSteps``, a user's transformation): an earlier version bounded
+them by the moment update applied to the old scales and the raw gradient's ``max|g|``, which
+those transformations broke. A state the step leaves alone (its count does not move) keeps its
+codes, so an ``optax.MultiSteps`` window or a step skipped by ``optax.apply_if_finite`` adds no
+rounding.
+
+**NaN** has a code of its own (-128 for ``int8`` codes, 255 for ``uint8``) and is left out of
+its block's scale, so one NaN gradient element makes its own moments NaN, as in float32 Adam,
+and the block's other elements keep theirs. Infinities saturate (see **Scales** below).
 
 **Rounding.** Codes are rounded stochastically, unbiased in the stored value (not the code): a
 moving average with ``b2 = 0.999`` changes by 0.1% a step, far less than the code spacing, and
@@ -40,7 +47,7 @@ from the step count, the element's position in its leaf and which moment it is (
 sequence over the positions, shifted by a hash of the step), so runs and resumes are
 reproducible, a sharded run draws the same numbers as one device, and elements holding equal
 values still round independently. Leaves of the same shape share the numbers, so that they
-share compiled kernels (see ``_map_fields``). A positive second moment is never rounded to 0, so
+share compiled kernels (see ``_moment_fields``). A positive second moment is never rounded to 0, so
 ``m / (sqrt(v) + eps)`` cannot blow up because of the storage.
 
 **CPU cost.** Measured with ``adam-jax bench --8bit`` (see the README): the work per element sets
@@ -48,7 +55,7 @@ the time on CPU, so the format avoids square roots (an earlier format, companded
 code, needed one or two per element, and its step took 2.3-2.6x float32's against 1.5-1.6x now,
 with about a quarter of this format's rounding error), the per-block inverse scales are computed
 once per block, the positions for the rounding numbers come from iotas along short inner axes,
-and ``max|g|`` comes from one two-output (max, min) reduction.
+and each block maximum comes from one two-output (max, min) reduction.
 
 **Scales** saturate at 2^126: a gradient whose square overflows float32 leaves a finite state,
 and the inverse of every scale is still a normal float32 (a subnormal one is flushed to 0 on CPU).
@@ -141,11 +148,6 @@ def block_layout(shape: tuple[int, ...], block_size: int) -> tuple[int, int, int
     return k, blocks, -(-n // blocks)
 
 
-def _scales_shape(shape: tuple[int, ...], block_size: int) -> tuple[int, ...]:
-    k, blocks, _ = block_layout(shape, block_size)
-    return (*shape[: len(shape) - k], blocks)
-
-
 def block_axis_partition(spec: tuple, mesh_shape: Any, shape: tuple, block_size: int) -> Any:
     """The mesh axes the block axis of the scales is partitioned over, or ``None``.
 
@@ -180,15 +182,19 @@ def _blockable(x: jax.Array, block_size: int) -> jax.Array:
 
 
 def _block_max(x: jax.Array, block_size: int) -> jax.Array:
-    """max |x| over each block, shape ``_scales_shape(x.shape)``, in float32 (NaN if any is NaN).
+    """max |x| over each block, shape ``x.shape[:-k] + (blocks,)`` (see :func:`block_layout`), in
+    float32. NaN elements are left out (they have a code of their own), so that one NaN does not
+    spoil its block.
 
     Taken as ``max(max x, -min x)`` from one two-output reduction: XLA:CPU runs it about three
     times as fast as a reduction of ``|x|`` (measured)."""
     shape = tuple(x.shape)
     k, blocks, block = block_layout(shape, block_size)
     lead = shape[: len(shape) - k]
-    flat = _blockable(x, block_size).astype(jnp.float32).reshape(*lead, -1)
-    pad = blocks * block - flat.shape[-1]
+    n = math.prod(shape[len(shape) - k :])
+    flat = _blockable(x, block_size).astype(jnp.float32).reshape(*lead, n)  # (not -1: size 0)
+    flat = jnp.where(jnp.isnan(flat), np.float32(0), flat)
+    pad = blocks * block - n
     if pad:
         flat = jnp.pad(flat, [(0, 0)] * len(lead) + [(0, pad)])
     rows = flat.reshape(*lead, blocks, block)
@@ -207,7 +213,8 @@ def _per_element(per_block: jax.Array, like: jax.Array, block_size: int) -> jax.
     shape = tuple(like.shape)
     k, blocks, block = block_layout(shape, block_size)
     lead = shape[: len(shape) - k]
-    x = jnp.broadcast_to(per_block[..., None], (*lead, blocks, block)).reshape(*lead, -1)
+    x = jnp.broadcast_to(per_block[..., None], (*lead, blocks, block))
+    x = x.reshape(*lead, blocks * block)
     n = math.prod(shape[len(shape) - k :])
     if blocks * block != n:
         x = x[..., :n]
@@ -223,6 +230,17 @@ def _layout(signed: bool, exponent_bits: int) -> tuple[int, int, int]:
     mantissa = 8 - exponent_bits - int(signed)
     top = (1 << exponent_bits) - 1
     return mantissa, top, (top - 1) << mantissa
+
+
+def _nan_code(signed: bool) -> int:
+    """The code of NaN, outside the values' codes (at most 120 in magnitude for the formats used):
+    -128 for ``int8`` codes, 255 for ``uint8``."""
+    return -128 if signed else 255
+
+
+def _top_value(exponent_bits: int) -> np.float32:
+    """The value of the largest code, ``1 - 2^(1 - E)`` (see :func:`code_values`), in float32."""
+    return np.float32(1 - 2.0 ** (2 - (1 << exponent_bits)))
 
 
 def code_values(signed: bool, exponent_bits: int) -> np.ndarray:
@@ -295,8 +313,8 @@ def _encode(
     mantissa bits the format drops are replaced by random bits drawn from ``hashed`` (see
     :func:`_random_bits`), added before truncating, which rounds up with probability equal to the
     dropped fraction (unbiased in the stored value); without it, by half their range (to
-    nearest). Values beyond the scale (there are none when the scale is a bound) and NaN saturate
-    at the largest code.
+    nearest). Values beyond the scale (there are none when the scale is a bound) saturate at the
+    largest code; NaN gets its own code (:func:`_nan_code`).
     """
     mb, top, largest = _layout(signed, exponent_bits)
     drop = 23 - mb  # the float32 mantissa bits the code drops
@@ -313,9 +331,11 @@ def _encode(
     # beyond the largest code), so an arithmetic shift is exact.
     k = jnp.minimum((w - ((128 - top) << 23) + r) >> drop, largest)
     if signed:
-        return jnp.where(x < 0, -k, k).astype(jnp.int8)
-    # A positive second moment never becomes 0: the smallest code at least.
-    return jnp.maximum(k, (u > 0).astype(jnp.int32)).astype(jnp.uint8)
+        k = jnp.where(x < 0, -k, k)
+    else:  # A positive second moment never becomes 0: the smallest code at least.
+        k = jnp.maximum(k, (u > 0).astype(jnp.int32))
+    k = jnp.where(jnp.isnan(x), _nan_code(signed), k)
+    return k.astype(jnp.int8 if signed else jnp.uint8)
 
 
 def _decode(codes: jax.Array, scales: jax.Array, exponent_bits: int, block_size: int) -> jax.Array:
@@ -326,6 +346,7 @@ def _decode(codes: jax.Array, scales: jax.Array, exponent_bits: int, block_size:
     unit = jax.lax.bitcast_convert_type(w, jnp.float32) - np.float32(2.0 ** (1 - top))
     if signed:
         unit = jnp.where(c < 0, -unit, unit)
+    unit = jnp.where(c == _nan_code(signed), np.float32(np.nan), unit)
     return unit * _per_element(scales, codes, block_size)
 
 
@@ -333,23 +354,28 @@ def _decode(codes: jax.Array, scales: jax.Array, exponent_bits: int, block_size:
 # leaves of a few shapes traces and lowers each step once per shape (inside the caller's jit they
 # are inlined again, and XLA fuses them as before). 200 transformer leaves: 5.3 s -> 2.8 s of
 # tracing and lowering (measured, 2 cores).
-_block_max_of = jax.jit(_block_max, static_argnums=1)
 _decoded = jax.jit(_decode, static_argnums=(2, 3))
 
 
 @functools.partial(jax.jit, static_argnames=("signed", "exponent_bits", "block_size"))
 def _requantize(
     new: jax.Array,
-    bound: jax.Array,
+    stored: QuantizedMoment,
+    changed: jax.Array,
     hashed: jax.Array,
     *,
     signed: bool,
     exponent_bits: int,
     block_size: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """Codes and scales of a new moment ``new``, whose values the per-block ``bound`` bounds,
-    rounded stochastically with the numbers of ``hashed`` (see :func:`_random_bits`)."""
-    scales = jnp.minimum(bound.astype(jnp.float32), _SCALE_MAX)
+    """Codes and scales of a new moment ``new``, rounded stochastically with the numbers of
+    ``hashed`` (see :func:`_random_bits`); ``stored``'s own where ``changed`` is false.
+
+    Each block's scale is its largest ``|new|`` over the value of the largest code, so that this
+    element gets the largest code exactly and a moment that is decoded and encoded again keeps its
+    codes."""
+    top = _top_value(exponent_bits)
+    scales = jnp.minimum(_block_max(new, block_size) / top, _SCALE_MAX)
     codes = _encode(
         new,
         scales,
@@ -358,7 +384,7 @@ def _requantize(
         block_size=block_size,
         hashed=hashed,
     )
-    return codes, scales
+    return jnp.where(changed, codes, stored.codes), jnp.where(changed, scales, stored.scales)
 
 
 def quantize(
@@ -446,10 +472,15 @@ def quantized_moments(
     (2.03 at the default 256), against 8 for float32 moments. The codes have the parameter's shape
     and sharding; blocks run along the last axis. Other state (step counts, schedules) is kept as
     it is. Every ``scale_by_adam`` option (AMSGrad, Nesterov, ``eps_hat``, ``b1_decay``) and
-    ``scale_by_adamax`` work unchanged: their math runs on the decoded moments. Transformations
-    placed before the Adam rescaler in ``tx`` must not make a block's inputs larger than its
-    largest gradient magnitude would (clipping and scaling by a common factor are fine); values
-    beyond a block's bound saturate. Complex parameters are refused at ``init``.
+    ``scale_by_adamax`` work unchanged: their math runs on the decoded moments. Whatever ``tx``
+    does before its rescaler (the ``compat`` presets' ``maximize`` and L2 ``weight_decay``,
+    ``optax.clip_by_global_norm``, ``optax.MultiSteps``, a transformation of your own) is fine:
+    each block's scale is taken from the new moments themselves. Complex parameters are refused
+    at ``init``.
+
+    A NaN gradient element makes its own moments (and so its parameter) NaN, as in float32 Adam;
+    the other elements of its block are kept (NaN has a code of its own). To skip such steps
+    instead, wrap the optimizer in ``optax.apply_if_finite``, inside or outside.
 
     Leaves with fewer than ``min_size`` elements (biases, norms) keep float32 moments, exactly
     those of ``tx``, as bitsandbytes does with its ``min_8bit_size`` of the same default: they
@@ -489,23 +520,51 @@ def quantized_moments(
                 "flat_moments(quantized_moments(tx)), so that the 8-bit blocks are cut from the "
                 "flat buffers."
             )
-        if not jax.tree.leaves(inner, is_leaf=_is_moment_state) or not any(
-            _is_moment_state(n) for n in jax.tree.leaves(inner, is_leaf=_is_moment_state)
-        ):
+        if not any(_is_moment_state(n) for n in jax.tree.leaves(inner, is_leaf=_is_moment_state)):
             raise ValueError(
                 "quantized_moments: tx has no scale_by_adam/scale_by_adamax state to store in "
                 "8 bits; wrap adam_jax.adam/adamax (or a chain containing their rescalers)."
             )
 
-        def empty(x: jax.Array, signed: bool, bits: int) -> QuantizedMoment:
+        def empty(x: jax.Array, signed: bool, bits: int) -> jax.Array | QuantizedMoment:
+            if not _stored(x):
+                return x
             codes = _tree.zeros_like(x, lambda _: jnp.dtype(jnp.int8 if signed else jnp.uint8))
-            return QuantizedMoment(
-                codes, _block_max(x, block_size), jnp.dtype(x.dtype), block_size, bits
-            )
+            scales = _block_max(x, block_size)  # (0 for tx's zero moments) placed like x's
+            return QuantizedMoment(codes, scales, jnp.dtype(x.dtype), block_size, bits)
 
         return QuantizedMomentsState(
-            _map_fields(inner, lambda x, s, p, _: empty(x, s, p) if _stored(x) else x)
+            _map_moments(lambda n: _moment_fields(n, lambda x, _, s, b, __: empty(x, s, b)), inner)
         )
+
+    def _encoded(new: Any, old: Any) -> Any:
+        """The Adam/AdaMax state ``new`` with its moments encoded where ``old``, the stored state
+        at the same place, holds them in 8 bits. A state the step left alone (its count did not
+        move: inside an ``optax.MultiSteps`` window, or a step ``optax.apply_if_finite`` skipped)
+        keeps its codes; the count stops moving only at the int32 maximum, which counts as moved."""
+        changed = (new.count != old.count) | (new.count == np.iinfo(np.int32).max)
+        salts = {field: salt for salt, (field, _, _) in enumerate(_FIELDS[type(new)])}
+        # One hash per moment and step, shared by all leaves (see _moment_fields).
+        hashed = {
+            field: _hash(new.count + jnp.int32(salt * 0x01000193 % (1 << 31)))
+            for field, salt in salts.items()
+        }
+
+        def encode(x: jax.Array, q: Any, signed: bool, bits: int, field: str) -> Any:
+            if not _is_quantized(q):
+                return x  # a leaf under min_size: tx's own moment
+            codes, scales = _requantize(
+                x,
+                q,
+                changed,
+                hashed[field],
+                signed=signed,
+                exponent_bits=bits,
+                block_size=block_size,
+            )
+            return QuantizedMoment(codes, scales, jnp.dtype(x.dtype), block_size, bits)
+
+        return _moment_fields(new, encode, old)
 
     def update_fn(
         updates: optax.Updates, state: QuantizedMomentsState, params: optax.Params | None = None
@@ -514,95 +573,49 @@ def quantized_moments(
         decoded = jax.tree.map(
             lambda x: dequantize(x) if _is_quantized(x) else x, stored, is_leaf=_is_quantized
         )
-        updates_out, new_inner = tx.update(updates, decoded, params)  # the unchanged math
-
-        # The same transformation on one number per block (the old scales and max|g|) bounds
-        # every new value of the block: those bounds are the new scales. Leaves whose moments
-        # stay in full precision are left out (masked), so their math is not traced twice.
-        def per_block(x: jax.Array) -> jax.Array | optax.MaskedNode:
-            if not _stored(x):
-                return optax.MaskedNode()
-            return jnp.zeros(_scales_shape(tuple(x.shape), block_size), x.dtype)
-
-        g_max = jax.tree.map(
-            lambda g: (
-                _block_max_of(g, block_size).astype(g.dtype) if _stored(g) else optax.MaskedNode()
-            ),
-            updates,
-        )
-        bound_inner = optax.tree_utils.tree_map_params(
-            tx,
-            lambda x: x.scales if _is_quantized(x) else jax.tree.map(per_block, x),
-            stored,
-            is_leaf=_is_quantized,
-        )
-        reduced_params = None if params is None else jax.tree.map(per_block, params)
-        _, bounds = tx.update(g_max, bound_inner, reduced_params)
-
-        hashes = {}  # one per moment and step, shared by all leaves (see _map_fields)
-
-        def encode(new: jax.Array, signed: bool, bits: int, where: tuple) -> QuantizedMoment:
-            if not _stored(new):
-                return new
-            bound, count, salt = where
-            if (id(count), salt) not in hashes:  # traced once per moment, not once per leaf
-                hashes[id(count), salt] = _hash(count + jnp.int32(salt * 0x01000193 % (1 << 31)))
-            codes, scales = _requantize(
-                new,
-                bound,
-                hashes[id(count), salt],
-                signed=signed,
-                exponent_bits=bits,
-                block_size=block_size,
-            )
-            return QuantizedMoment(codes, scales, jnp.dtype(new.dtype), block_size, bits)
-
-        new_stored = _map_fields(new_inner, encode, bounds)
-        return updates_out, QuantizedMomentsState(new_stored)
+        updates, new_inner = tx.update(updates, decoded, params)  # the unchanged math
+        return updates, QuantizedMomentsState(_map_moments(_encoded, new_inner, stored))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _map_fields(state: PyTree, fn, bounds: PyTree | None = None) -> PyTree:
-    """Replace every moment leaf ``x`` of every Adam/AdaMax state in ``state`` by
-    ``fn(x, signed, exponent_bits, (bound, count, salt))``: ``bound`` is the matching leaf of ``bounds``
-    (a state of the same structure), ``count`` the state's step and ``salt`` the moment's number
-    (0 for ``m``, 1 for ``v`` or ``u``, 2 for AMSGrad's maximum), for the rounding bits.
+def _map_moments(fn, state: PyTree, *others: PyTree) -> PyTree:
+    """``state`` with every Adam/AdaMax state node ``n`` replaced by ``fn(n, *at_n)``, where
+    ``at_n`` are the nodes at the same place in ``others`` (trees of ``state``'s structure down
+    to those nodes): states are paired by structure."""
 
-    The salt is the same for every leaf: a per-leaf number would be a different constant in
-    every leaf's kernels, and XLA could no longer compile one kernel for all leaves of a shape
-    (200 transformer leaves compiled in 26 s instead of 14 s, measured). Leaves of the same
-    shape then round with the same numbers at a step, which keeps each element's rounding
-    unbiased: the numbers never depend on the values they round."""
-    bound_nodes = (
-        None
-        if bounds is None
-        else iter(
-            n for n in jax.tree.leaves(bounds, is_leaf=_is_moment_state) if _is_moment_state(n)
-        )
-    )
+    def one(node: Any, *at_node: Any) -> Any:
+        return fn(node, *at_node) if _is_moment_state(node) else node
 
-    def one(node: Any) -> Any:
-        if not _is_moment_state(node):
-            return node
-        bound_node = None if bound_nodes is None else next(bound_nodes)
-        changes = {}
-        for salt, (field, signed, bits) in enumerate(_FIELDS[type(node)]):
-            tree = getattr(node, field)
-            if tree is None:
-                continue
-            bound_tree = None if bound_node is None else getattr(bound_node, field)
+    return jax.tree.map(one, state, *others, is_leaf=_is_moment_state)
 
-            def leaf(x, b=None, signed=signed, bits=bits, salt=salt):
-                return fn(x, signed, bits, (b, node.count, salt))
 
-            if bound_tree is None:
-                changes[field] = jax.tree.map(leaf, tree)
-            else:
-                changes[field] = jax.tree.map(leaf, tree, bound_tree)
-        return node._replace(**changes)
+def _moment_fields(node: Any, fn, other: Any = None) -> Any:
+    """The Adam/AdaMax state ``node`` with every moment leaf ``x`` replaced by
+    ``fn(x, at_x, signed, exponent_bits, field)``: ``at_x`` is the subtree at the same place in
+    ``other``'s moment (``None`` without ``other``), ``field`` the moment's name. Every other field
+    (the count, the ``hyperparams`` record, whatever a state holds) is passed through.
 
-    return jax.tree.map(one, state, is_leaf=_is_moment_state)
+    The random numbers of a moment (see :func:`_random_bits`) are the same for every leaf: a
+    per-leaf number would be a different constant in every leaf's kernels, and XLA could no
+    longer compile one kernel for all leaves of a shape (200 transformer leaves compiled in 26 s
+    instead of 14 s, measured). Leaves of the same shape then round with the same numbers at a
+    step, which keeps each element's rounding unbiased: the numbers never depend on the values
+    they round."""
+    changes = {}
+    for field, signed, bits in _FIELDS[type(node)]:
+        tree = getattr(node, field)
+        if tree is None:  # nu_max without AMSGrad
+            continue
+
+        def leaf(x: Any, at: Any = None, signed: bool = signed, bits: int = bits, f: str = field):
+            return fn(x, at, signed, bits, f)
+
+        if other is None:
+            changes[field] = jax.tree.map(leaf, tree)
+        else:
+            changes[field] = jax.tree.map(leaf, tree, getattr(other, field))
+    return node._replace(**changes)
 
 
 def state_bytes(state: Any) -> int:

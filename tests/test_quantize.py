@@ -264,13 +264,74 @@ def test_tiny_and_huge_gradients_keep_the_state_finite(dtype, spike):
     assert np.all(np.isfinite(ours))
     chex_finite(state)
     others = [0, 2, 3]
-    # 40 steps of 0.01: 10% of the largest travel (3-bit mantissas, rounded stochastically)
-    tol = 0.04 if dtype == jnp.float32 else 0.05
+    # 40 steps of 0.01: 10% of the largest travel (3-bit mantissas, rounded stochastically). In
+    # half precision an update that differs a little rounds the parameter to a neighbouring
+    # bf16/fp16 number (0.031 apart at |w| in [4, 8)): the largest difference is 1-2 of those
+    # (0.04-0.07 over 6 seeds, as with the scales of the earlier bound pass); the mean is ~0.005.
+    tol = 0.04 if dtype == jnp.float32 else 0.08
     assert np.max(np.abs(ours - ref)[:, others]) <= tol
+    assert np.mean(np.abs(ours - ref)[-1, others]) <= 0.01
     steps = np.abs(np.diff(ours, axis=0)) / lr
     bound = (1 - 0.9) / np.sqrt(1 - 0.999)  # Section 2.1, the sparse case
     half_ulp = 0.0 if dtype == jnp.float32 else np.max(np.abs(ours)) * 2.0**-7 / lr
     assert np.max(steps) <= bound * 1.01 + half_ulp
+
+
+def test_nan_has_a_code_of_its_own_and_leaves_its_block_alone():
+    x = np.linspace(-2.0, 3.0, 512).reshape(2, 256)
+    x[0, 7] = x[1, 0] = np.nan
+    for signed, bits in [(True, 4), (False, 5), (False, 4)]:
+        values = x if signed else np.abs(x)
+        q = quantize(jnp.asarray(values, jnp.float32), 256, signed=signed, exponent_bits=bits)
+        np.testing.assert_allclose(q.scales[:, 0], np.nanmax(np.abs(values), axis=1))
+        back = np.asarray(dequantize(q))
+        np.testing.assert_array_equal(np.isnan(back), np.isnan(values))
+        finite = ~np.isnan(values)
+        np.testing.assert_allclose(back[finite], values[finite], rtol=0.07, atol=1e-3)
+
+
+def test_a_nan_gradient_loses_one_element_as_with_float32_adam():
+    """Without ``apply_if_finite``, one NaN in a gradient makes that element's moments and
+    parameter NaN in float32 Adam, and nothing else. The 8-bit state does the same: NaN is stored
+    under a code of its own and left out of its block's scale, so the other 255 elements of the
+    block go on as before (they used to become NaN with it)."""
+    rng = np.random.default_rng(4)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 512)), jnp.float32)}
+    grads = [{"w": jnp.asarray(rng.normal(size=(4, 512)) * 0.1, jnp.float32)} for _ in range(20)]
+    grads[2] = {"w": grads[2]["w"].at[1, 5].set(jnp.nan)}
+    out = _trajectories(grads, params)
+    (ours, state), (ref, _) = out["8bit"], out["f32"]
+    lost = ~np.isfinite(ref)
+    assert lost[-1].sum() == 1 and lost[-1, 1, 5]
+    np.testing.assert_array_equal(~np.isfinite(ours), lost)
+    assert np.max(np.abs(ours - ref)[~lost]) <= 0.04  # 20 steps of 0.01
+    for q in (state.inner_state[0].mu["w"], state.inner_state[0].nu["w"]):
+        back = np.asarray(dequantize(q))
+        assert np.isnan(back[1, 5]) and np.isfinite(np.delete(back.ravel(), 512 + 5)).all()
+        assert np.all(np.isfinite(np.asarray(q.scales)))
+
+
+def test_zero_size_leaves_are_stored_and_updated():
+    """A leaf with no elements (min_size=0 stores it in 8 bits) used to raise ZeroDivisionError
+    when its blocks were cut; it has empty codes and scales, and no update."""
+    params = {
+        "a": jnp.zeros((0,)),
+        "b": jnp.zeros((0, 300)),
+        "c": jnp.zeros((5, 0)),
+        "d": jnp.zeros((2, 0, 3)),
+        "w": jnp.ones((4, 64)),
+    }
+    grads = jax.tree.map(lambda x: jnp.full(x.shape, 0.5), params)
+    for block_size in (1, 256):
+        tx = quantized_moments(adam_jax.adam(1e-2), block_size=block_size, min_size=0)
+        state = tx.init(params)
+        updates, state = jax.jit(tx.update)(grads, state, params)
+        want, _ = adam_jax.adam(1e-2).update(grads, adam_jax.adam(1e-2).init(params), params)
+        for k in params:
+            assert isinstance(state.inner_state[0].mu[k], QuantizedMoment)
+            assert updates[k].shape == params[k].shape
+            np.testing.assert_allclose(updates[k], want[k], rtol=1e-6)
+        assert state.inner_state[0].mu["b"].scales.shape == (0, 2 if block_size == 256 else 300)
 
 
 def test_half_precision_parameters_track_float32_adam():
@@ -430,7 +491,9 @@ def test_rounding_in_the_optimizer_lets_a_slow_average_of_equal_elements_move():
     for _ in range(199):
         _, state = update(zeros, state, params)
     u = np.asarray(dequantize(state.inner_state.nu["w"]), np.float64)[0]
-    assert u[0] == code_values(False, 4)[-1]  # the block maximum: the largest code (scale 1)
+    # The block maximum gets the largest code, its scale 1 / (that code's value): it is exact.
+    assert state.inner_state.nu["w"].codes[0, 0] == len(code_values(False, 4)) - 1
+    np.testing.assert_allclose(u[0], 1.0, rtol=1e-7)
     np.testing.assert_allclose(np.mean(u[1:]), 0.3 * 0.999**199, rtol=0.01)
 
 
