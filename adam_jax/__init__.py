@@ -1,5 +1,6 @@
 """adam_jax: Adam and AdaMax (Kingma & Ba, 2015) as pure-functional Optax transformations."""
 
+from adam_jax import _flax_support
 from adam_jax._hyperparams import Hyperparams, hyperparams
 from adam_jax.aliases import adam, adamax, adamw
 from adam_jax.averaging import TemporalAveragingState, averaged_params, temporal_averaging
@@ -11,6 +12,7 @@ from adam_jax.checkpoint import (
 )
 from adam_jax.convert import from_optax_state
 from adam_jax.flat import FlatMomentsState, flat_moments
+from adam_jax.flax_nnx import load_into_nnx
 from adam_jax.kahan import KahanSummationState, kahan_summation
 from adam_jax.monitoring import MonitorState, StepStats, monitor, step_stats
 from adam_jax.quantize import QuantizedMomentsState, quantized_moments
@@ -38,6 +40,8 @@ def _installed_version() -> str:
 
 __version__ = _installed_version()
 
+_flax_support.install()  # flax.serialization handles every adam_jax state
+
 __all__ = [
     "BiasCorrectionState",
     "CheckpointMismatchError",
@@ -61,6 +65,7 @@ __all__ = [
     "hyperparams",
     "inverse_sqrt_schedule",
     "kahan_summation",
+    "load_into_nnx",
     "monitor",
     "quantized_moments",
     "restore_checkpoint",

@@ -217,6 +217,8 @@ def save_checkpoint(
     ``.NAME.adam_jax-lock`` beside it (deleted afterwards) and a second save waits for it.
     ``directory`` must not be a symbolic link (it is replaced by renames): pass the real path.
     """
+    _check_not_wrapped(params, "params", "save_checkpoint")
+    _check_not_wrapped(opt_state, "opt_state", "save_checkpoint")
     ocp = _orbax()
     directory = Path(directory).absolute()
     _ckpt_files.check_path(directory, "save_checkpoint")
@@ -436,7 +438,7 @@ def restore_checkpoint(
     _ckpt_files.check_path(directory, "restore_checkpoint")
     directory = _ckpt_files.to_read(directory)  # moves nothing: a restore never writes
     _ckpt_files.verify(directory, "restore_checkpoint")
-    _check_not_wrapped(params, "params")
+    _check_not_wrapped(params, "params", "restore_checkpoint")
     abstract_params = _with_default_device(params)
     shardings = state_sharding(tx, abstract_params)
     target = jax.eval_shape(tx.init, abstract_params)
@@ -588,15 +590,26 @@ def _parse_leaf(text: str) -> tuple[Any, tuple[int, ...]]:
     return jnp.dtype(name), tuple(int(d) for d in dims.split(",")) if dims else ()
 
 
-def _check_not_wrapped(tree: PyTree, name: str) -> None:
-    """A clear error for Flax NNX variables, which wrap arrays in objects orbax cannot match."""
-    for leaf in jax.tree.leaves(
-        tree, is_leaf=lambda x: hasattr(x, "get_value") or hasattr(x, "raw_value")
-    ):
-        if hasattr(leaf, "raw_value") or type(leaf).__module__.startswith("flax.nnx"):
-            raise ValueError(
-                f"restore_checkpoint: {name} holds Flax NNX variables ({type(leaf).__name__}); "
-                "pass plain arrays: for a model, params = nnx.state(model, nnx.Param) turned into "
-                "arrays with nnx.to_pure_dict(params), or see adam_jax.nnx_checkpoint (the README's "
-                "'Checkpoints' section shows the whole recipe)."
-            )
+_NNX_RECIPE = """\
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    adam_jax.save_checkpoint(path, params, nnx.as_pure(optimizer.opt_state))
+    # ... and to resume:
+    params, opt_state = adam_jax.restore_checkpoint(path, tx, params)
+    adam_jax.load_into_nnx(model, optimizer, params, opt_state)"""
+
+
+def _check_not_wrapped(tree: PyTree, name: str, where: str) -> None:
+    """A clear error for Flax NNX variables in ``tree``: ``nnx.state(optimizer)`` wraps every
+    array of the optimizer state in one, and their structure is then Flax's, not the
+    optimizer's."""
+    is_nnx = lambda x: (
+        type(x).__module__.startswith("flax.nnx")
+        and any(c.__name__ == "Variable" for c in type(x).__mro__)
+    )
+    found = [x for x in jax.tree.leaves(tree, is_leaf=is_nnx) if is_nnx(x)]
+    if found:
+        raise ValueError(
+            f"{where}: {name} holds Flax NNX variables ({type(found[0]).__name__}); checkpoints "
+            "hold plain arrays in the optimizer's own structure. With an nnx.Optimizer:\n"
+            + _NNX_RECIPE
+        )
