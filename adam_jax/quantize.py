@@ -47,15 +47,18 @@ from the step count, the element's position in its leaf and which moment it is (
 sequence over the positions, shifted by a hash of the step), so runs and resumes are
 reproducible, a sharded run draws the same numbers as one device, and elements holding equal
 values still round independently. Leaves of the same shape share the numbers, so that they
-share compiled kernels (see ``_moment_fields``). A positive second moment is never rounded to 0, so
-``m / (sqrt(v) + eps)`` cannot blow up because of the storage.
+share compiled kernels (see ``_encoded`` in ``quantized_moments``). A positive second moment is
+never rounded to 0, so ``m / (sqrt(v) + eps)`` cannot blow up because of the storage.
 
 **CPU cost.** Measured with ``adam-jax bench --8bit`` (see the README): the work per element sets
 the time on CPU, so the format avoids square roots (an earlier format, companded by powers of the
-code, needed one or two per element, and its step took 2.3-2.6x float32's against 1.5-1.6x now,
-with about a quarter of this format's rounding error), the per-block inverse scales are computed
-once per block, the positions for the rounding numbers come from iotas along short inner axes,
-and each block maximum comes from one two-output (max, min) reduction.
+code, needed one or two per element, and its step took 2.3-2.6x float32's against 1.5-1.6x for
+this one with the earlier bound pass, with about a quarter of this format's rounding error), the
+per-block inverse scales are computed once per block, the positions for the rounding numbers
+come from iotas along short inner axes, and the block maxima of all of a leaf's moments come from
+one reduction of (max, min) pairs. That reduction decodes and updates the moments once more (on
+CPU each kernel recomputes what it needs): the step costs about 2x float32's, against 1.5x with
+the bound pass (see the README).
 
 **Scales** saturate at 2^126: a gradient whose square overflows float32 leaves a finite state,
 and the inverse of every scale is still a normal float32 (a subnormal one is flushed to 0 on CPU).
@@ -184,27 +187,39 @@ def _blockable(x: jax.Array, block_size: int) -> jax.Array:
 def _block_max(x: jax.Array, block_size: int) -> jax.Array:
     """max |x| over each block, shape ``x.shape[:-k] + (blocks,)`` (see :func:`block_layout`), in
     float32. NaN elements are left out (they have a code of their own), so that one NaN does not
-    spoil its block.
+    spoil its block."""
+    return _block_maxes((x,), block_size)[0]
 
-    Taken as ``max(max x, -min x)`` from one two-output reduction: XLA:CPU runs it about three
+
+def _block_maxes(xs: tuple[jax.Array, ...], block_size: int) -> tuple[jax.Array, ...]:
+    """:func:`_block_max` of each of the arrays ``xs`` (of one shape), from one reduction: the
+    moments of a leaf are computed from the same gradient, which is then read once.
+
+    Each is taken as ``max(max x, -min x)``, a two-output reduction: XLA:CPU runs it about three
     times as fast as a reduction of ``|x|`` (measured)."""
-    shape = tuple(x.shape)
+    shape = tuple(xs[0].shape)
     k, blocks, block = block_layout(shape, block_size)
     lead = shape[: len(shape) - k]
     n = math.prod(shape[len(shape) - k :])
-    flat = _blockable(x, block_size).astype(jnp.float32).reshape(*lead, n)  # (not -1: size 0)
-    flat = jnp.where(jnp.isnan(flat), np.float32(0), flat)
-    pad = blocks * block - n
-    if pad:
-        flat = jnp.pad(flat, [(0, 0)] * len(lead) + [(0, pad)])
-    rows = flat.reshape(*lead, blocks, block)
-    high, low = jax.lax.reduce(
-        (rows, rows),
-        (np.float32(-np.inf), np.float32(np.inf)),
-        lambda a, b: (jnp.maximum(a[0], b[0]), jnp.minimum(a[1], b[1])),
-        (rows.ndim - 1,),
-    )
-    return jnp.maximum(high, -low)
+
+    def rows(x: jax.Array) -> jax.Array:
+        flat = _blockable(x, block_size).astype(jnp.float32).reshape(*lead, n)  # (-1: size 0)
+        flat = jnp.where(jnp.isnan(flat), np.float32(0), flat)
+        if blocks * block > n:
+            flat = jnp.pad(flat, [(0, 0)] * len(lead) + [(0, blocks * block - n)])
+        return flat.reshape(*lead, blocks, block)
+
+    operands = [r for x in xs for r in (rows(x), rows(x))]
+    inits = [np.float32(v) for _ in xs for v in (-np.inf, np.inf)]
+
+    def combine(a: tuple, b: tuple) -> tuple:
+        return tuple(
+            (jnp.maximum if i % 2 == 0 else jnp.minimum)(u, w)
+            for i, (u, w) in enumerate(zip(a, b, strict=True))
+        )
+
+    ext = jax.lax.reduce(tuple(operands), tuple(inits), combine, (len(lead) + 1,))
+    return tuple(jnp.maximum(ext[2 * i], -ext[2 * i + 1]) for i in range(len(xs)))
 
 
 def _per_element(per_block: jax.Array, like: jax.Array, block_size: int) -> jax.Array:
@@ -357,10 +372,14 @@ def _decode(codes: jax.Array, scales: jax.Array, exponent_bits: int, block_size:
 _decoded = jax.jit(_decode, static_argnums=(2, 3))
 
 
+_block_maxes_of = jax.jit(_block_maxes, static_argnums=1)
+
+
 @functools.partial(jax.jit, static_argnames=("signed", "exponent_bits", "block_size"))
 def _requantize(
     new: jax.Array,
     stored: QuantizedMoment,
+    block_max: jax.Array,
     changed: jax.Array,
     hashed: jax.Array,
     *,
@@ -368,14 +387,15 @@ def _requantize(
     exponent_bits: int,
     block_size: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """Codes and scales of a new moment ``new``, rounded stochastically with the numbers of
-    ``hashed`` (see :func:`_random_bits`); ``stored``'s own where ``changed`` is false.
+    """Codes and scales of a new moment ``new`` whose blocks' largest ``|new|`` are ``block_max``,
+    rounded stochastically with the numbers of ``hashed`` (see :func:`_random_bits`);
+    ``stored``'s own where ``changed`` is false.
 
     Each block's scale is its largest ``|new|`` over the value of the largest code, so that this
     element gets the largest code exactly and a moment that is decoded and encoded again keeps its
     codes."""
     top = _top_value(exponent_bits)
-    scales = jnp.minimum(_block_max(new, block_size) / top, _SCALE_MAX)
+    scales = jnp.minimum(block_max / top, _SCALE_MAX)
     codes = _encode(
         new,
         scales,
@@ -533,38 +553,57 @@ def quantized_moments(
             scales = _block_max(x, block_size)  # (0 for tx's zero moments) placed like x's
             return QuantizedMoment(codes, scales, jnp.dtype(x.dtype), block_size, bits)
 
-        return QuantizedMomentsState(
-            _map_moments(lambda n: _moment_fields(n, lambda x, _, s, b, __: empty(x, s, b)), inner)
-        )
+        return QuantizedMomentsState(_map_moments(lambda node: _moment_fields(node, empty), inner))
 
     def _encoded(new: Any, old: Any) -> Any:
         """The Adam/AdaMax state ``new`` with its moments encoded where ``old``, the stored state
         at the same place, holds them in 8 bits. A state the step left alone (its count did not
         move: inside an ``optax.MultiSteps`` window, or a step ``optax.apply_if_finite`` skipped)
-        keeps its codes; the count stops moving only at the int32 maximum, which counts as moved."""
-        changed = (new.count != old.count) | (new.count == np.iinfo(np.int32).max)
-        salts = {field: salt for salt, (field, _, _) in enumerate(_FIELDS[type(new)])}
-        # One hash per moment and step, shared by all leaves (see _moment_fields).
-        hashed = {
-            field: _hash(new.count + jnp.int32(salt * 0x01000193 % (1 << 31)))
-            for field, salt in salts.items()
-        }
+        keeps its codes; the count stops moving only at the int32 maximum, which counts as moved.
 
-        def encode(x: jax.Array, q: Any, signed: bool, bits: int, field: str) -> Any:
-            if not _is_quantized(q):
-                return x  # a leaf under min_size: tx's own moment
+        The random numbers of a moment (see :func:`_random_bits`) are the same for every leaf: a
+        per-leaf number would be a different constant in every leaf's kernels, and XLA could no
+        longer compile one kernel for all leaves of a shape (200 transformer leaves compiled in
+        26 s instead of 14 s, measured). Leaves of the same shape then round with the same
+        numbers at a step, which keeps each element's rounding unbiased: the numbers never
+        depend on the values they round."""
+        changed = (new.count != old.count) | (new.count == np.iinfo(np.int32).max)
+        # (field, signed, exponent bits, hash): one hash per moment and step, salted by the moment.
+        fields = [
+            (field, signed, bits, _hash(new.count + jnp.int32(salt * 0x01000193 % (1 << 31))))
+            for salt, (field, signed, bits) in enumerate(_FIELDS[type(new)])
+            if getattr(new, field) is not None
+        ]
+
+        def encode(x: jax.Array, q: QuantizedMoment, block_max: jax.Array, field: tuple):
+            _, signed, bits, hashed = field
             codes, scales = _requantize(
                 x,
                 q,
+                block_max,
                 changed,
-                hashed[field],
+                hashed,
                 signed=signed,
                 exponent_bits=bits,
                 block_size=block_size,
             )
             return QuantizedMoment(codes, scales, jnp.dtype(x.dtype), block_size, bits)
 
-        return _moment_fields(new, encode, old)
+        def leaf(*new_then_stored: Any) -> _Moments:
+            """One parameter's new moments, then their stored forms -> what is stored now."""
+            xs, qs = new_then_stored[: len(fields)], new_then_stored[len(fields) :]
+            if not _is_quantized(qs[0]):
+                return _Moments(xs)  # a leaf under min_size: tx's own moments
+            block_maxes = _block_maxes_of(xs, block_size)  # one pass over all of them
+            return _Moments(tuple(map(encode, xs, qs, block_maxes, fields)))
+
+        names = [field for field, *_ in fields]
+        done = jax.tree.map(
+            leaf, *(getattr(new, f) for f in names), *(getattr(old, f) for f in names)
+        )
+        return new._replace(
+            **{f: jax.tree.map(lambda d, i=i: d.moments[i], done) for i, f in enumerate(names)}
+        )
 
     def update_fn(
         updates: optax.Updates, state: QuantizedMomentsState, params: optax.Params | None = None
@@ -579,6 +618,13 @@ def quantized_moments(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Moments:
+    """The stored moments of one parameter (one per field), together: not a pytree, so a leaf."""
+
+    moments: tuple
+
+
 def _map_moments(fn, state: PyTree, *others: PyTree) -> PyTree:
     """``state`` with every Adam/AdaMax state node ``n`` replaced by ``fn(n, *at_n)``, where
     ``at_n`` are the nodes at the same place in ``others`` (trees of ``state``'s structure down
@@ -590,31 +636,15 @@ def _map_moments(fn, state: PyTree, *others: PyTree) -> PyTree:
     return jax.tree.map(one, state, *others, is_leaf=_is_moment_state)
 
 
-def _moment_fields(node: Any, fn, other: Any = None) -> Any:
+def _moment_fields(node: Any, fn) -> Any:
     """The Adam/AdaMax state ``node`` with every moment leaf ``x`` replaced by
-    ``fn(x, at_x, signed, exponent_bits, field)``: ``at_x`` is the subtree at the same place in
-    ``other``'s moment (``None`` without ``other``), ``field`` the moment's name. Every other field
-    (the count, the ``hyperparams`` record, whatever a state holds) is passed through.
-
-    The random numbers of a moment (see :func:`_random_bits`) are the same for every leaf: a
-    per-leaf number would be a different constant in every leaf's kernels, and XLA could no
-    longer compile one kernel for all leaves of a shape (200 transformer leaves compiled in 26 s
-    instead of 14 s, measured). Leaves of the same shape then round with the same numbers at a
-    step, which keeps each element's rounding unbiased: the numbers never depend on the values
-    they round."""
+    ``fn(x, signed, exponent_bits)``. Every other field (the count, the ``hyperparams`` record,
+    whatever a state holds) is passed through."""
     changes = {}
     for field, signed, bits in _FIELDS[type(node)]:
         tree = getattr(node, field)
-        if tree is None:  # nu_max without AMSGrad
-            continue
-
-        def leaf(x: Any, at: Any = None, signed: bool = signed, bits: int = bits, f: str = field):
-            return fn(x, at, signed, bits, f)
-
-        if other is None:
-            changes[field] = jax.tree.map(leaf, tree)
-        else:
-            changes[field] = jax.tree.map(leaf, tree, getattr(other, field))
+        if tree is not None:  # (nu_max is None without AMSGrad)
+            changes[field] = jax.tree.map(lambda x, s=signed, b=bits: fn(x, s, b), tree)
     return node._replace(**changes)
 
 
