@@ -274,8 +274,12 @@ def test_shard_map_fully_sharded_update():
         return optax.apply_updates(params, updates), state
 
     spec = P("d")
-    record = jax.eval_shape(tx.init, params)[0].hyperparams  # static, part of the structure
-    state_specs = (adam_jax.ScaleByAdamState(P(), spec, spec, spec, record), optax.EmptyState())
+    record = jax.eval_shape(tx.init, params)[0].hyperparams  # scalars: replicated
+    record_specs = {name: P() for name in record}
+    state_specs = (
+        adam_jax.ScaleByAdamState(P(), spec, spec, spec, record_specs),
+        optax.EmptyState(),
+    )
     init = jax.jit(jax.shard_map(tx.init, mesh=mesh, in_specs=spec, out_specs=state_specs))
     step = jax.jit(
         jax.shard_map(
