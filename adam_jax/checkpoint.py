@@ -451,10 +451,10 @@ def restore_checkpoint(
         ).optimizer
         if not isinstance(saved, Mapping) or saved.get("format") != 2:
             raise ValueError(
-                f"restore_checkpoint: {directory} was not written by adam_jax >= 0.4's "
-                "save_checkpoint (no optimizer fingerprint of format 2). Checkpoints of adam_jax "
-                "0.3 and earlier restore with adam_jax 0.3; a checkpoint of an optax state "
-                "converts with adam_jax.from_optax_state."
+                f"restore_checkpoint: {directory} has no optimizer fingerprint of checkpoint "
+                "format 2, which this adam_jax writes: it was written by adam_jax 0.3.0 or "
+                "earlier (format 1, the state's tree as it was then), which restores it. A "
+                "checkpoint of an optax state converts with adam_jax.from_optax_state."
             )
         records = _record_values(tx, abstract_params)
         current_records: dict[str, dict[str, Any]] = {}
