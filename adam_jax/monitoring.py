@@ -31,6 +31,7 @@ from adam_jax.averaging import find_state
 from adam_jax.transforms import ScaleByAdamaxState, ScaleByAdamState
 
 _ADAM_STATES = (ScaleByAdamState, ScaleByAdamaxState, optax.ScaleByAdamState)
+_MAX_EVERY = 2**31 - 1
 
 
 class StepStats(NamedTuple):
@@ -123,6 +124,11 @@ def monitor(
         _validate.check_decay("b2", b2)
     _validate.check_interval("near", near, 0.0, 1.0, low_open=True, high_open=False)
     _validate.check_positive_int("every", every)
+    if every > _MAX_EVERY:  # the step count is int32
+        raise ValueError(
+            f"every={every!r} is out of range: the step count is int32, so every must be at most "
+            f"{_MAX_EVERY}."
+        )
     given = {"learning_rate": learning_rate, "b1": b1, "b2": b2}
 
     def hyperparameters(inner_state: optax.OptState, adam_state: Any) -> tuple[Any, Any, Any]:
@@ -237,6 +243,21 @@ def _settle(name: str, given: Any, found: dict[str, Any], injected: set[str]) ->
     return have
 
 
+def _trained(updates: optax.Updates, mu: Any) -> optax.Updates:
+    """The updates of the parameters the Adam state updates: leaves where its moments hold
+    ``optax.MaskedNode`` (frozen by ``optax.masked`` or ``optax.partition``) are left out. When
+    the moments are not laid out like the updates (``flat_moments``), all of them."""
+    from adam_jax.quantize import QuantizedMoment  # an optional extension
+
+    stop = lambda x: isinstance(x, (optax.MaskedNode, QuantizedMoment))
+    try:
+        return jax.tree.map(
+            lambda m, u: None if isinstance(m, optax.MaskedNode) else u, mu, updates, is_leaf=stop
+        )
+    except ValueError:  # another structure
+        return updates
+
+
 def _decoded(moments: Any) -> Any:
     """A moment tree with 8-bit ``quantized_moments`` leaves decoded to their float values."""
     from adam_jax.quantize import QuantizedMoment, dequantize  # an optional extension
@@ -276,7 +297,12 @@ def _stats(
     # stored in 8 bits (quantized_moments) are decoded to m_t, v_t first.
     us, ms, vs, gs = (
         [jnp.ravel(x) for x in jax.tree.leaves(tree)]
-        for tree in (updates, _decoded(adam_state.mu), _decoded(adam_state.nu), grads)
+        for tree in (
+            _trained(updates, adam_state.mu),
+            _decoded(adam_state.mu),
+            _decoded(adam_state.nu),
+            grads,
+        )
     )
     size = max(1, sum(u.size for u in us))
     zero = jnp.zeros([], f32)

@@ -462,3 +462,24 @@ def test_the_default_cadence_computes_exact_statistics_every_tenth_step():
             np.asarray(every_step[name])[np.asarray(described) - 1],
             rtol=1e-6,
         )
+
+
+def test_statistics_average_over_the_trained_parameters_only():
+    """Under optax.partition the frozen leaves' zero updates do not dilute the means: one step
+    of Adam with g = 1 moves every trained element by alpha with SNR 1."""
+    params = {"a": jnp.ones(4), "frozen": jnp.ones(12)}
+    inner = optax.partition(
+        {"t": adam_jax.adam(1e-2), "f": optax.set_to_zero()}, {"a": "t", "frozen": "f"}
+    )
+    tx = monitor(inner)
+    _, state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    stats = adam_jax.step_stats(state)
+    np.testing.assert_allclose(stats["mean_step"], 1e-2, rtol=1e-5)
+    np.testing.assert_allclose(stats["mean_snr"], 1.0, rtol=1e-5)
+    np.testing.assert_allclose(stats["frac_near_bound"], 0.0)
+
+
+def test_every_beyond_the_int32_step_count_is_refused():
+    with pytest.raises(ValueError, match=r"every=2147483648 is out of range.*at most 2147483647"):
+        adam_jax.monitor(adam_jax.adam(), every=2**31)
+    adam_jax.monitor(adam_jax.adam(), every=2**31 - 1).init({"w": jnp.ones(2)})
