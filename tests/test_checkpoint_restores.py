@@ -242,3 +242,23 @@ def test_equinox_model_saves_and_restores(tmp_path):
         model, state = step(model, state)
         back, r_state = step(back, r_state)
     _equal(eqx.filter(back, eqx.is_array), eqx.filter(model, eqx.is_array))
+
+
+def test_learning_rates_are_compared_however_they_are_given(tmp_path):
+    """A jnp scalar is compared by value, and a schedule by its values at SCHEDULE_STEPS (which
+    include a step in 500-599): one that differs only there is caught."""
+    tx = adam_jax.adam(jnp.float32(1e-2))
+    adam_jax.save_checkpoint(tmp_path / "jnp", PARAMS, tx.init(PARAMS))
+    with pytest.raises(ValueError, match=r"learning_rate: checkpoint 0\.01, this run 0\.001"):
+        adam_jax.restore_checkpoint(tmp_path / "jnp", adam_jax.adam(jnp.float32(1e-3)), PARAMS)
+    adam_jax.restore_checkpoint(tmp_path / "jnp", adam_jax.adam(1e-2), PARAMS)  # same value
+
+    base = optax.constant_schedule(1e-2)
+    bumped = optax.piecewise_constant_schedule(1e-2, {500: 0.5, 600: 2.0})  # 5e-3 on 500-599
+    assert float(bumped(550)) == pytest.approx(5e-3) and float(bumped(700)) == pytest.approx(1e-2)
+    adam_jax.save_checkpoint(tmp_path / "sched", PARAMS, adam_jax.adam(base).init(PARAMS))
+    with pytest.raises(ValueError, match=r"learning_rate: checkpoint a schedule, this run a sche"):
+        adam_jax.restore_checkpoint(tmp_path / "sched", adam_jax.adam(bumped), PARAMS)
+    adam_jax.restore_checkpoint(
+        tmp_path / "sched", adam_jax.adam(optax.constant_schedule(1e-2)), PARAMS
+    )
