@@ -25,10 +25,12 @@ of leaves even when they all have the same shape (see the README's performance s
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import AxisType
 
@@ -115,18 +117,25 @@ def flat_moments(
 ) -> optax.GradientTransformation:
     """Run ``tx`` with its per-parameter state in one flat buffer per dtype group.
 
-    ``flat_moments(adam_jax.adam(1e-3))`` gives the same updates as ``adam_jax.adam(1e-3)``
-    (bit for bit on CPU), with ``m`` and ``v`` each in one buffer for all float32 (and
+    ``flat_moments(adam_jax.adam(1e-3))`` computes the same updates as ``adam_jax.adam(1e-3)``
+    with the same formulas, to float32 rounding: not bit for bit, because XLA compiles one long
+    buffer to other machine code than many small leaves (under ``jit`` the two differ in the
+    last bits of some elements). ``m`` and ``v`` are each one buffer for all float32 (and
     bfloat16/float16) leaves instead of one per leaf. It pays off for models of many small
     leaves, where per-buffer and per-kernel costs dominate the step. Put it outermost: around
     ``optax.chain(...)``, ``quantized_moments(...)`` and ``optax.inject_hyperparams(...)``; inside
     ``optax.masked``/``optax.partition``; and below ``monitor``. Transformations inside see the
     flat buffers, so masks and per-leaf labels belong outside it.
 
+    Parameters and gradients of different dtypes (float64 parameters with float32 gradients,
+    complex parameters with real gradients) are grouped by the parameters' dtypes, as at
+    ``init``: pass ``params`` to ``update`` then.
+
     Args:
       tx: any elementwise transformation or chain, e.g. ``adam_jax.adam(1e-3)``. Transformations
-        that need the leaf structure (``optax.masked`` with a mask tree, per-leaf
-        ``optax.partition``) do not go inside.
+        that choose leaves by their place in the parameter tree (``optax.masked``,
+        ``optax.partition``, ``adamw``'s ``mask``) are refused inside: ``init`` raises
+        ``ValueError`` showing how to put them outside.
       max_leaf_size: leaves with more elements keep a buffer of their own (``None``: flatten
         every leaf). Copying a gradient into the flat buffer and the update out of it moves 16
         more bytes per element; that pays off only where a per-leaf cost outweighs it. The
@@ -137,13 +146,7 @@ def flat_moments(
     Returns:
       An ``optax.GradientTransformation`` with state :class:`FlatMomentsState`.
     """
-    if max_leaf_size is not None and (
-        isinstance(max_leaf_size, bool) or not isinstance(max_leaf_size, int) or max_leaf_size < 0
-    ):
-        raise ValueError(
-            f"flat_moments: max_leaf_size={max_leaf_size!r} is out of range: it must be an "
-            "integer >= 0 or None."
-        )
+    max_leaf_size = _check_max_leaf_size(max_leaf_size)
     if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
         raise TypeError(
             f"flat_moments: tx must be an optax.GradientTransformation, e.g. "
@@ -153,11 +156,15 @@ def flat_moments(
     def init_fn(params: optax.Params) -> FlatMomentsState:
         if _is_params_placeholder(params):
             # optax.tree_utils.tree_map_params probes init with a placeholder for the parameter
-            # tree. No tree of this state has the parameters' structure: one opaque leaf says so.
-            return FlatMomentsState(_NOT_PARAMS)
+            # tree. tx's own state, so that wrappers (monitor) find the Adam state in it; where
+            # tx holds a tree of the parameters' structure, this state holds flat buffers, so an
+            # opaque leaf stands there instead of the placeholder.
+            return FlatMomentsState(_opaque_placeholders(tx.init(params)))
         _tree.check_float_params(params, "flat_moments")
         layout = _Layout.of(params, max_leaf_size)
-        return FlatMomentsState(tx.init(layout.flatten(params)))
+        inner = tx.init(layout.flatten(params))
+        _check_no_leaf_structure(inner)
+        return FlatMomentsState(inner)
 
     def update_fn(
         updates: optax.Updates, state: FlatMomentsState, params: optax.Params | None = None
@@ -167,7 +174,11 @@ def flat_moments(
                 f"flat_moments: state must be the FlatMomentsState its init returned; got "
                 f"{type(state).__name__}."
             )
-        layout = _Layout.of(updates, max_leaf_size)
+        # The buffers are grouped by the parameters' dtypes, as at init (a float32 gradient of a
+        # float64 parameter joins the float64 buffer); without params, by the gradients' own.
+        layout = _Layout.of(updates if params is None else params, max_leaf_size)
+        if params is None:
+            _check_groups(layout, state.inner_state)
         flat_params = None if params is None else layout.flatten(params)
         flat_updates, inner = tx.update(layout.flatten(updates), state.inner_state, flat_params)
         return layout.unflatten(flat_updates, updates), FlatMomentsState(inner)
@@ -178,8 +189,93 @@ def flat_moments(
 _NOT_PARAMS = "flat_moments: no parameter-shaped tree"
 
 
+def _check_max_leaf_size(max_leaf_size: Any) -> int | None:
+    """``max_leaf_size`` as a Python int (NumPy integers accepted), or ``None``."""
+    if max_leaf_size is None:
+        return None
+    if not isinstance(max_leaf_size, bool | np.bool_):
+        try:
+            value = operator.index(max_leaf_size)  # int, np.int64, ...: not 2.5, not "5"
+        except TypeError:
+            value = None
+        if value is not None and value >= 0:
+            return value
+    raise ValueError(
+        f"flat_moments: max_leaf_size={max_leaf_size!r} is out of range: it must be an "
+        "integer >= 0 or None."
+    )
+
+
 def _is_params_placeholder(params: Any) -> bool:
     return type(params).__name__ == "_ParamsPlaceholder" and not jax.tree.leaves(params)
+
+
+def _opaque_placeholders(state: Any) -> Any:
+    """``state`` with every parameter placeholder replaced by an opaque leaf."""
+    return jax.tree.map(
+        lambda x: _NOT_PARAMS if _is_params_placeholder(x) else x,
+        state,
+        is_leaf=_is_params_placeholder,
+    )
+
+
+# States of transformations that choose leaves by their place in the parameter tree: inside
+# flat_moments they would see the flat buffers instead.
+_LEAF_CHOOSERS = (optax.MaskedState, optax.PartitionState, optax.MultiTransformState)
+
+_MASK_FIX = """\
+    # a mask (or labels) for the parameters goes outside flat_moments:
+    optax.masked(adam_jax.flat_moments(adam_jax.adam(1e-3)), mask)
+    # adamw's weight decay needs no state, so it can sit outside too:
+    optax.chain(
+        adam_jax.flat_moments(adam_jax.scale_by_adam()),
+        optax.add_decayed_weights(1e-4, mask),
+        optax.scale_by_learning_rate(1e-3),
+    )"""
+
+
+def _check_no_leaf_structure(inner_state: Any) -> None:
+    """Refuse ``optax.masked``/``optax.partition`` inside: their masks and labels would be
+    computed from the flat buffers (a callable mask silently picks the wrong leaves)."""
+    is_chooser = lambda x: isinstance(x, _LEAF_CHOOSERS)
+    found = [x for x in jax.tree.leaves(inner_state, is_leaf=is_chooser) if is_chooser(x)]
+    if found:
+        raise ValueError(
+            f"flat_moments: tx contains a mask or per-leaf labels ({type(found[0]).__name__}: "
+            "optax.masked, optax.partition, or a mask= argument such as adamw's). Inside "
+            "flat_moments they would see the flat buffers, not your parameters, and choose the "
+            "wrong leaves. Put them outside:\n" + _MASK_FIX
+        )
+
+
+def _is_buffer_key(key: Any) -> bool:
+    """A key of the flat buffers: a group (a dtype name) or a leaf's own (its path)."""
+    if not isinstance(key, str):
+        return False
+    if key == "" or key.startswith(("[", ".")):
+        return True
+    try:
+        return jnp.dtype(key).name == key
+    except TypeError:
+        return False
+
+
+def _check_groups(layout: _Layout, inner_state: Any) -> None:
+    """Without params, the gradients' dtypes decide the groups: they must be the state's."""
+    is_buffers = lambda x: isinstance(x, dict) and x and all(_is_buffer_key(k) for k in x)
+    have = {
+        frozenset(x) for x in jax.tree.leaves(inner_state, is_leaf=is_buffers) if is_buffers(x)
+    }
+    want = frozenset(layout.keys)
+    if have and want not in have:
+        (found, *_) = sorted(have, key=sorted)
+        raise ValueError(
+            f"flat_moments: the gradients' dtypes put them in the buffers {sorted(want)}, but "
+            f"the state was built for {sorted(found)}: the parameters given to init have other "
+            "dtypes than their gradients (float64 parameters with float32 gradients, complex "
+            "parameters with real ones). Pass the parameters to update, which then groups the "
+            "gradients as at init: tx.update(grads, state, params)."
+        )
 
 
 def buffer_sharding(key: str, params_shardings: PyTree, replicated: Any) -> Any:
@@ -193,7 +289,7 @@ def buffer_sharding(key: str, params_shardings: PyTree, replicated: Any) -> Any:
     if key in by_path:
         return by_path[key]
     try:
-        jnp.dtype(key)
+        is_group = jnp.dtype(key).name == key  # "float32"; not "b1", a NumPy alias of bool
     except TypeError:
         return None
-    return replicated
+    return replicated if is_group else None
