@@ -52,7 +52,7 @@ def test_a_run_keeps_other_figures_results_and_overwrites_its_own_only_when_told
     # before: fig1 wiped results.csv (0 of fig2's 36 rows left); now fig2's rows stay
     assert reproduce("fig1", "--out", str(out)) == 0
     assert rows_of(csv_path, "fig2") == fig2 and rows_of(csv_path, "fig1")
-    assert [r["figure"] for r in runner.read_csv(csv_path)][0] == "fig1"  # in figure order
+    assert next(r["figure"] for r in runner.read_csv(csv_path)) == "fig1"  # in figure order
     info = json.loads((out / "run.json").read_text())
     assert info["figures"] == ["fig1"] and info["kept_figures"] == {"fig2": fig2_command}
     summary = (out / "summary.md").read_text()
