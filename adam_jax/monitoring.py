@@ -243,18 +243,23 @@ def _settle(name: str, given: Any, found: dict[str, Any], injected: set[str]) ->
     return have
 
 
-def _trained(updates: optax.Updates, mu: Any) -> optax.Updates:
-    """The updates of the parameters the Adam state updates: leaves where its moments hold
-    ``optax.MaskedNode`` (frozen by ``optax.masked`` or ``optax.partition``) are left out. When
-    the moments are not laid out like the updates (``flat_moments``), all of them."""
+def _trained(updates: optax.Updates, mu: Any, grads: optax.Updates) -> optax.Updates:
+    """The updates of the parameters the Adam state updates. Left out: leaves whose update is
+    the gradient itself (``optax.masked`` hands masked-out gradients through untouched), and
+    leaves where the moments hold ``optax.MaskedNode`` (frozen by ``optax.masked`` or
+    ``optax.partition``, when the moments are laid out like the updates)."""
     from adam_jax.quantize import QuantizedMoment  # an optional extension
 
+    updates = jax.tree.map(lambda u, g: None if u is g else u, updates, grads)
     stop = lambda x: isinstance(x, (optax.MaskedNode, QuantizedMoment))
     try:
         return jax.tree.map(
-            lambda m, u: None if isinstance(m, optax.MaskedNode) else u, mu, updates, is_leaf=stop
+            lambda m, u: None if isinstance(m, optax.MaskedNode) else u,
+            mu,
+            updates,
+            is_leaf=lambda x: stop(x) or x is None,
         )
-    except ValueError:  # another structure
+    except ValueError:  # moments in another layout (flat_moments)
         return updates
 
 
@@ -298,7 +303,7 @@ def _stats(
     us, ms, vs, gs = (
         [jnp.ravel(x) for x in jax.tree.leaves(tree)]
         for tree in (
-            _trained(updates, adam_state.mu),
+            _trained(updates, adam_state.mu, grads),
             _decoded(adam_state.mu),
             _decoded(adam_state.nu),
             grads,

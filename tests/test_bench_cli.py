@@ -154,8 +154,9 @@ def test_json_records_rows_device_versions_and_command(tmp_path):
         assert rows["optax.adam"]["vs_optax"] == 1.0
         assert rows["optax.adam"]["compile_vs_optax"] == 1.0
         assert rows["optax.adam"]["state_bytes_per_param"] == pytest.approx(8.0, abs=0.01)
+        # adam_jax's state also holds its record: 10 float32 scalars, 40 bytes
         assert rows["adam_jax.adam, bf16 moments"]["state_bytes_per_param"] == pytest.approx(
-            4.0, abs=0.01
+            4.0, abs=0.02
         )
     # printed as Markdown tables, one per case, train steps with the overhead columns
     assert result.stdout.count("\n|" + "---|" * 7 + "\n") == 4
@@ -203,7 +204,8 @@ def test_8bit_comparison_prints_its_table_and_writes_its_record(tmp_path):
     assert sorted(compiled) == sorted(bench.COMPILED_8BIT)
     assert all(len(v) == 1 and 0 < v[0] < 600 for v in compiled.values())
     assert rows[2].ratio == compiled["8bit"][0] / compiled["float32"][0]
-    assert rows[0].eight_bit_bytes < 2.1 and abs(rows[0].float32_bytes - 8) < 0.01
+    # float32: 8 bytes a parameter plus the step count and the record (44 bytes in all)
+    assert rows[0].eight_bit_bytes < 2.1 and abs(rows[0].float32_bytes - 8) < 0.02
 
 
 @pytest.mark.parametrize("delay", [0.5, 1.0, 2.5])
