@@ -315,9 +315,7 @@ def test_a_contradicting_hyperparameter_is_an_error_naming_both_values():
 
 
 def test_injected_values_are_read_at_run_time_without_recompiling():
-    tx = monitor(
-        optax.inject_hyperparams(adam_jax.adam)(learning_rate=1e-2, b1=0.9, b2=0.999)
-    )
+    tx = monitor(optax.inject_hyperparams(adam_jax.adam)(learning_rate=1e-2, b1=0.9, b2=0.999))
     params = {"w": jnp.linspace(-1.0, 1.0, 6)}
     traces = []
 
@@ -485,3 +483,40 @@ def test_every_beyond_the_int32_step_count_is_refused():
     with pytest.raises(ValueError, match=r"every=2147483648 is out of range.*at most 2147483647"):
         adam_jax.monitor(adam_jax.adam(), every=2**31)
     adam_jax.monitor(adam_jax.adam(), every=2**31 - 1).init({"w": jnp.ones(2)})
+
+
+def test_readme_monitor_cost_table_is_the_committed_benchmark_output():
+    """The README's monitor cost table is built from results/monitor/cpu-run*.txt, the outputs
+    of benchmarks/monitor_overhead.py, so its figures cannot drift from what was measured."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    runs = sorted((root / "results" / "monitor").glob("cpu-run*.txt"))
+    assert len(runs) >= 2
+    ratios: dict[tuple[str, str], list[str]] = {}
+    for run in runs:
+        for line in run.read_text().splitlines():
+            found = re.match(r"(\S.*?)\s{2,}(train step|update only)\s+\S+\s+(\d+\.\d+)\s+\[", line)
+            if found:
+                ratios.setdefault((found[1], found[2]), []).append(found[3])
+    rows = [
+        ("`monitor(tx)` (default, `every=10`)", "monitor (default)"),
+        ("`every=1`", "monitor every=1"),
+        ("`every=10`", "monitor every=10"),
+        ("`every=100`", "monitor every=100"),
+    ]
+    table = [
+        "| variant | training step, median ratio (two runs) | optimizer update alone |",
+        "|---|---|---|",
+    ] + [
+        f"| {label} | {', '.join(ratios[(name, 'train step')])} | "
+        f"{', '.join(ratios[(name, 'update only')])} |"
+        for label, name in rows
+    ]
+    readme = (root / "README.md").read_text()
+    block = readme.split("<!-- monitor-table:begin -->\n", 1)[1].split("\n<!-- monitor-table:end")[
+        0
+    ]
+    assert block == "\n".join(table)
+    assert adam_jax.monitor.__kwdefaults__["every"] == 10  # the default the table measured

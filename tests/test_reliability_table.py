@@ -89,6 +89,48 @@ FAMILIES = (
         "ValueError naming the damaged file and item, or refusing before anything is written",
     ),
     Family(
+        "steered manifests, concurrent saves, read-only and odd folders",
+        ("tests/test_checkpoint_faults.py",),
+        "paths checked before any file is opened; a missing or malformed manifest refused; saves "
+        "serialised by a lock; a restore never writes",
+    ),
+    Family(
+        "restores into a changed optimizer or framework",
+        ("tests/test_checkpoint_restores.py", "tests/test_convert.py"),
+        "counts and moments carried over; what differs said in a few lines; the optimizer given wins "
+        "where allowed",
+    ),
+    Family(
+        "serializers and rebuilt optimizers",
+        ("tests/test_dropin.py",),
+        "every state round-trips flax, pickle, equinox and orbax and continues bit-identically; "
+        "no retrace when the optimizer is rebuilt",
+    ),
+    Family(
+        "8-bit state behind maximize, decay, clipping, MultiSteps, NaN",
+        ("tests/test_quantize_presets.py",),
+        "block scales hold whatever runs before the rescaler; moments within the format's "
+        "precision of float32's",
+    ),
+    Family(
+        "flat_moments compositions, masks and mixed dtypes",
+        ("tests/test_flat_faults.py",),
+        "the default layout's answer, or an error naming the cause and the fix",
+    ),
+    Family(
+        "monitor over frozen parameters, out-of-range cadence",
+        (
+            "tests/test_monitor.py::test_statistics_average",
+            "tests/test_monitor.py::test_every_beyond",
+        ),
+        "means over the trained parameters only; every beyond int32 refused at construction",
+    ),
+    Family(
+        "commands that could lose results or exhaust memory",
+        ("tests/test_command_faults.py",),
+        "other figures' results kept; sizes checked before allocation; one line and exit 2",
+    ),
+    Family(
         "SIGKILL while saving or training",
         ("tests/test_checkpoint_files.py::test_sigkill", "tests/test_resume.py"),
         "the old or the new checkpoint restores; resumed runs are bit-identical",
