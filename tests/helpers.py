@@ -79,3 +79,17 @@ def minimize(tx, loss, x0, steps):
         return x
 
     return run(x0)
+
+
+def train(tx, params, state, grads_seq):
+    """Apply ``tx`` to ``params`` for each gradient tree in turn, one jitted step at a time;
+    returns the final ``(params, state)``."""
+
+    @jax.jit
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for grads in grads_seq:
+        params, state = step(params, state, grads)
+    return params, state

@@ -15,6 +15,7 @@ import optax
 import pytest
 
 import adam_jax
+from tests.helpers import train
 
 PARAMS = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "b": np.ones(4, np.float32)}
 
@@ -26,15 +27,7 @@ def _grads(t):
 
 
 def _train(tx, params, state, ts):
-    step = jax.jit(lambda p, s, g: _apply(tx, p, s, g))
-    for t in ts:
-        params, state = step(params, state, _grads(t))
-    return params, state
-
-
-def _apply(tx, params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+    return train(tx, params, state, (_grads(t) for t in ts))
 
 
 def _equal(a, b):

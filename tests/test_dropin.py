@@ -18,6 +18,7 @@ import pytest
 
 import adam_jax
 from adam_jax import compat
+from tests.helpers import train
 
 PARAMS = {"w": np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6), "b": np.zeros(6, np.float32)}
 SCHEDULE = optax.exponential_decay(1e-2, 3, 0.5)
@@ -45,15 +46,7 @@ def _grads(t):
 
 
 def _train(tx, params, state, ts):
-    step = jax.jit(lambda p, s, g: _apply(tx, p, s, g))
-    for t in ts:
-        params, state = step(params, state, _grads(t))
-    return params, state
-
-
-def _apply(tx, params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+    return train(tx, params, state, (_grads(t) for t in ts))
 
 
 def _assert_same(a, b):
@@ -91,7 +84,8 @@ def test_rebuilding_the_optimizer_does_not_retrace():
     @jax.jit
     def step(params, state, grads, lr):
         traces.append(1)
-        return _apply(adam_jax.adam(lr), params, state, grads)
+        updates, state = adam_jax.adam(lr).update(grads, state, params)
+        return optax.apply_updates(params, updates), state
 
     params, state = PARAMS, adam_jax.adam(1e-2).init(PARAMS)
     for t, lr in enumerate([1e-2, 5e-3, 1e-3]):
