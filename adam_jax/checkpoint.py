@@ -149,14 +149,19 @@ def _jsonable(value: Any) -> Any:
     return float(value)
 
 
+def _by_owner(found: Any) -> dict[str, dict[str, Any]]:
+    """``{canonical path of each Adam/AdaMax state: {name: value}}``, JSON-able, from
+    ``(canonical path of a record leaf, its value)`` pairs."""
+    records: dict[str, dict[str, Any]] = {}
+    for canon, value in found:
+        owner, name = canon.rsplit(".hyperparams", 1)
+        records.setdefault(owner or "(root)", {})[name[2:-2]] = _jsonable(value)
+    return records
+
+
 def _canonical_records(opt_state: PyTree) -> dict[str, dict[str, Any]]:
-    """{canonical path of each Adam/AdaMax state: its record, JSON-able} (concrete states)."""
-    found: dict[str, dict[str, Any]] = {}
-    for _, canon, leaf, role in _walk(opt_state):
-        if role == "record":
-            owner, name = canon.rsplit(".hyperparams", 1)
-            found.setdefault(owner or "(root)", {})[name[2:-2]] = _jsonable(leaf)
-    return found
+    """The records of a concrete state, by the canonical path of their states."""
+    return _by_owner((canon, leaf) for _, canon, leaf, role in _walk(opt_state) if role == "record")
 
 
 def checkpoint_fingerprint(
@@ -457,13 +462,9 @@ def restore_checkpoint(
                 "checkpoint of an optax state converts with adam_jax.from_optax_state."
             )
         records = _record_values(tx, abstract_params)
-        current_records: dict[str, dict[str, Any]] = {}
-        for path, canon, _, role in walked:
-            if role == "record":
-                owner, name = canon.rsplit(".hyperparams", 1)
-                current_records.setdefault(owner or "(root)", {})[name[2:-2]] = _jsonable(
-                    records[path]
-                )
+        current_records = _by_owner(
+            (canon, records[path]) for path, canon, _, role in walked if role == "record"
+        )
         known = {
             n.removesuffix("_schedule")
             for values in (*saved.get("hyperparams", {}).values(), *current_records.values())
@@ -471,56 +472,11 @@ def restore_checkpoint(
         }
         allowed = _check_allow_changes(allow_changes, known)
 
-        # What differs: parameters exactly; the state's leaves by canonical path.
-        differences: list[str] = []
-        summary: list[str] = []
-        old_p, new_p = saved.get("params") or {}, _tree_fingerprint(abstract_params)
-        if old_p.get("structure") != new_p["structure"]:
-            summary.append(
-                f"params structure: checkpoint {old_p.get('structure')}, this run "
-                f"{new_p['structure']}"
-            )
-        for key in sorted(old_p.get("leaves", {}).keys() | new_p["leaves"].keys()):
-            a, b = old_p.get("leaves", {}).get(key, "absent"), new_p["leaves"].get(key, "absent")
-            if a != b:
-                differences.append(f"params leaf {key}: checkpoint {a}, this run {b}")
-        old_s = saved["opt_state"]
-        saved_order = list(old_s["leaves"])
-        by_canon = {
-            canon: (i, path, role)
-            for i, (path, (canon, role)) in enumerate(
-                (p, old_s["canonical"][p]) for p in saved_order
-            )
-        }
-        summary += _explain_outline(old_s.get("outline"), _outline(target))
-        current_leaves = _tree_fingerprint(target)["leaves"]
-        wanted_canon = set()
-        for path, canon, _, role in walked:
-            if role in ("record", "inject"):
-                continue
-            wanted_canon.add(canon)
-            have = by_canon.get(canon)
-            if have is None:
-                if role in ("state", "step"):
-                    differences.append(
-                        f"opt_state leaf {path}: checkpoint absent, this run {current_leaves[path]}"
-                    )
-            elif old_s["leaves"][have[1]] != current_leaves[path]:
-                differences.append(
-                    f"opt_state leaf {path}: checkpoint {old_s['leaves'][have[1]]}, this run "
-                    f"{current_leaves[path]}"
-                )
-        for canon, (_, path, role) in by_canon.items():
-            if role in ("state", "step") and canon not in wanted_canon:
-                differences.append(
-                    f"opt_state leaf {path}: checkpoint {old_s['leaves'][path]}, this run absent"
-                )
-        hyper = _hyperparams_differences(saved.get("hyperparams") or {}, current_records, allowed)
-        if config is not None and saved.get("config") != json.loads(json.dumps(dict(config))):
-            hyper.append(f"config: checkpoint {saved.get('config')}, this run {dict(config)}")
+        summary, differences, by_canon = _differences(
+            saved, abstract_params, target, walked, current_records, allowed, config
+        )
         # The first lines say what changed: transformations added or removed, else the
         # hyperparameters, else the leaves; the error's .differences has every line.
-        differences = summary + hyper + differences
         if differences:
             shown = (summary or differences)[:_SHOWN]
             listed = "\n  ".join(shown)
@@ -543,7 +499,8 @@ def restore_checkpoint(
         sharding_of = {canon: target_shardings[i] for i, (_, canon, _, _) in enumerate(walked)}
         fallback = _fallback_sharding(target_shardings)
         abstract_saved = {}
-        for i, path in enumerate(saved_order):
+        old_s = saved["opt_state"]
+        for i, path in enumerate(old_s["leaves"]):  # in the order they were stored
             dtype, shape = _parse_leaf(old_s["leaves"][path])
             canon = old_s["canonical"][path][0]
             abstract_saved[f"{i:05d}"] = jax.ShapeDtypeStruct(
@@ -566,6 +523,69 @@ def restore_checkpoint(
         else:  # inject_hyperparams or a schedule added on resume: the step count
             leaves.append(jax.device_put(_step_count(walked, by_canon, flat), sharding))
     return restored.params, jax.tree.unflatten(treedef, leaves)
+
+
+def _differences(
+    saved: Mapping[str, Any],
+    abstract_params: PyTree,
+    target: PyTree,
+    walked: list,
+    current_records: dict[str, dict[str, Any]],
+    allowed: Any,
+    config: Mapping[str, Any] | None,
+) -> tuple[list[str], list[str], dict[str, tuple[int, str, str]]]:
+    """What differs between a checkpoint's fingerprint and this run, and the saved leaves by
+    canonical path (``{canonical path: (index, path, role)}``).
+
+    Returns ``(summary, differences, by_canon)``: ``summary`` the transformations added, removed
+    or changed; ``differences`` every difference, the summary's lines first, then the
+    hyperparameters and config, then the parameters' and the state's leaves (the state's
+    matched by canonical path).
+    """
+    differences: list[str] = []
+    summary: list[str] = []
+    old_p, new_p = saved.get("params") or {}, _tree_fingerprint(abstract_params)
+    if old_p.get("structure") != new_p["structure"]:
+        summary.append(
+            f"params structure: checkpoint {old_p.get('structure')}, this run {new_p['structure']}"
+        )
+    for key in sorted(old_p.get("leaves", {}).keys() | new_p["leaves"].keys()):
+        a, b = old_p.get("leaves", {}).get(key, "absent"), new_p["leaves"].get(key, "absent")
+        if a != b:
+            differences.append(f"params leaf {key}: checkpoint {a}, this run {b}")
+    old_s = saved["opt_state"]
+    saved_order = list(old_s["leaves"])
+    by_canon = {
+        canon: (i, path, role)
+        for i, (path, (canon, role)) in enumerate((p, old_s["canonical"][p]) for p in saved_order)
+    }
+    summary += _explain_outline(old_s.get("outline"), _outline(target))
+    current_leaves = _tree_fingerprint(target)["leaves"]
+    wanted_canon = set()
+    for path, canon, _, role in walked:
+        if role in ("record", "inject"):
+            continue
+        wanted_canon.add(canon)
+        have = by_canon.get(canon)
+        if have is None:
+            if role in ("state", "step"):
+                differences.append(
+                    f"opt_state leaf {path}: checkpoint absent, this run {current_leaves[path]}"
+                )
+        elif old_s["leaves"][have[1]] != current_leaves[path]:
+            differences.append(
+                f"opt_state leaf {path}: checkpoint {old_s['leaves'][have[1]]}, this run "
+                f"{current_leaves[path]}"
+            )
+    for canon, (_, path, role) in by_canon.items():
+        if role in ("state", "step") and canon not in wanted_canon:
+            differences.append(
+                f"opt_state leaf {path}: checkpoint {old_s['leaves'][path]}, this run absent"
+            )
+    hyper = _hyperparams_differences(saved.get("hyperparams") or {}, current_records, allowed)
+    if config is not None and saved.get("config") != json.loads(json.dumps(dict(config))):
+        hyper.append(f"config: checkpoint {saved.get('config')}, this run {dict(config)}")
+    return summary, summary + hyper + differences, by_canon
 
 
 def _step_count(walked: list, by_canon: dict, flat: dict) -> Any:
