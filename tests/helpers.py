@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,15 +83,23 @@ def minimize(tx, loss, x0, steps):
     return run(x0)
 
 
-def train(tx, params, state, grads_seq):
-    """Apply ``tx`` to ``params`` for each gradient tree in turn, one jitted step at a time;
-    returns the final ``(params, state)``."""
+@functools.lru_cache(maxsize=64)
+def _jitted_step(tx):
+    """One jitted step per transformation (it is hashable): tests that train the same ``tx``
+    several times compile it once."""
 
     @jax.jit
     def step(params, state, grads):
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
+    return step
+
+
+def train(tx, params, state, grads_seq):
+    """Apply ``tx`` to ``params`` for each gradient tree in turn, one jitted step at a time;
+    returns the final ``(params, state)``."""
+    step = _jitted_step(tx)
     for grads in grads_seq:
         params, state = step(params, state, grads)
     return params, state

@@ -8,6 +8,7 @@ equal, bit for bit, those of a run that never stopped.
 
 from __future__ import annotations
 
+import functools
 import pickle
 
 import jax
@@ -47,6 +48,12 @@ def _grads(t):
 
 def _train(tx, params, state, ts):
     return train(tx, params, state, (_grads(t) for t in ts))
+
+
+@functools.lru_cache
+def _built(name):
+    """One optimizer per name, so its jitted step compiles once for all serializers."""
+    return STATES[name](1e-2)
 
 
 def _assert_same(a, b):
@@ -151,7 +158,7 @@ SERIALIZERS = ["flax", "pickle", "equinox", "orbax"]
 @pytest.mark.parametrize("serializer", SERIALIZERS)
 @pytest.mark.parametrize("name", sorted(STATES))
 def test_every_state_round_trips_every_serializer(name, serializer, tmp_path):
-    tx = STATES[name](1e-2)
+    tx = _built(name)
     params, state = _train(tx, PARAMS, tx.init(PARAMS), range(3))
     restored = {
         "flax": lambda: _flax_roundtrip(state),
