@@ -96,7 +96,8 @@ def monitor(
     ``learning_rate`` is evaluated at ``t - 1``, as ``optax.scale_by_learning_rate`` does. A bare
     rescaler has no learning rate: ``step_bound`` and ``max_step`` are then in units of alpha
     (``alpha_t = 1``). With ``b1_decay`` != 1 the bias corrections shown are those of a constant
-    ``b1``.
+    ``b1``. The step statistics are over the parameters the Adam state trains: leaves frozen by
+    ``optax.masked`` or ``optax.partition`` are left out.
 
     Args:
       tx: the transformation to watch; its state must hold exactly one ``ScaleByAdamState`` or
