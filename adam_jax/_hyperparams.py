@@ -39,7 +39,7 @@ SCHEDULE_STEPS: tuple[int, ...] = tuple(
     sorted({*range(10), *(round(float(s)) for s in np.geomspace(10, 1e7, 73))})
 )
 
-_INJECT_STATES = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
+INJECT_STATES = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
 
 # Names under which an injected value may be stored (the argument names of adam_jax's aliases and
 # compat presets, and of optax's): the record's name first.
@@ -76,7 +76,7 @@ def has_record(node: Any) -> bool:
     return (
         isinstance(node, tuple)
         and hasattr(node, "_replace")
-        and not isinstance(node, _INJECT_STATES)
+        and not isinstance(node, INJECT_STATES)
         and isinstance(getattr(node, "hyperparams", None), dict)
     )
 
@@ -125,11 +125,11 @@ def _walk(state: PyTree, prefix: str, injected: dict[str, Any]):
     hyperparameters of the enclosing ``optax.inject_hyperparams`` states, innermost winning."""
 
     def stop(x: Any) -> bool:
-        return has_record(x) or isinstance(x, _INJECT_STATES)
+        return has_record(x) or isinstance(x, INJECT_STATES)
 
     for path, node in jax.tree_util.tree_flatten_with_path(state, is_leaf=stop)[0]:
         where = prefix + jax.tree_util.keystr(path)
-        if isinstance(node, _INJECT_STATES):
+        if isinstance(node, INJECT_STATES):
             inner = {**injected, **node.hyperparams}
             yield from _walk(node.inner_state, where + ".inner_state", inner)
         elif has_record(node):
@@ -163,7 +163,7 @@ def all_injected(opt_state: PyTree) -> dict[str, Any]:
     """Every injected hyperparameter in ``opt_state``, under the record's names where a synonym
     is used (``lr`` -> ``learning_rate``); for transformations without a record (optax's)."""
     found: dict[str, Any] = {}
-    is_inject = lambda x: isinstance(x, _INJECT_STATES)
+    is_inject = lambda x: isinstance(x, INJECT_STATES)
     for state in jax.tree.leaves(opt_state, is_leaf=is_inject):
         if is_inject(state):
             found.update(state.hyperparams)

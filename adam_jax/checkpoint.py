@@ -58,11 +58,8 @@ def _recover(directory: Path) -> None:
     _sync("adam_jax_checkpoint_recover")
 
 
-_INJECT_STATES = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
-
-
 def _is_inject(x: Any) -> bool:
-    return isinstance(x, _INJECT_STATES)
+    return isinstance(x, _hyperparams.INJECT_STATES)
 
 
 def _walk(tree: PyTree, where: str = "", canon: str = ""):
