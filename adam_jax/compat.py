@@ -150,7 +150,7 @@ def torch_adamw(
 ) -> optax.GradientTransformation:
     """``torch.optim.AdamW``: :func:`torch_adam` with ``decoupled_weight_decay=True``::
 
-    theta_t = theta_{t-1} - lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * theta_{t-1})
+        theta_t = theta_{t-1} - lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * theta_{t-1})
     """
     return torch_adam(
         lr,
@@ -175,9 +175,9 @@ def torch_adamax(
 ) -> optax.GradientTransformation:
     """``torch.optim.Adamax``::
 
-    g_t = -g_t if maximize;  g_t += weight_decay * theta_{t-1}   (L2)
-    m_t = b1 m_{t-1} + (1 - b1) g_t;   u_t = max(b2 u_{t-1}, |g_t| + eps)
-    theta_t = theta_{t-1} - lr / (1 - b1^t) * m_t / u_t
+        g_t = -g_t if maximize;  g_t += weight_decay * theta_{t-1}   (L2)
+        m_t = b1 m_{t-1} + (1 - b1) g_t;   u_t = max(b2 u_{t-1}, |g_t| + eps)
+        theta_t = theta_{t-1} - lr / (1 - b1^t) * m_t / u_t
     """
     b1, b2 = _betas(betas)
     _check_common(lr, b1, b2, eps, weight_decay, _TORCH_NAMES)
@@ -260,9 +260,9 @@ def keras_adamax(
 ) -> optax.GradientTransformation:
     """``keras.optimizers.Adamax``::
 
-    theta_{t-1} -= learning_rate * weight_decay * theta_{t-1}    (if weight_decay)
-    u_t = max(b2 u_{t-1}, |g_t|)
-    theta_t = theta_{t-1} - learning_rate / (1 - b1^t) * m_t / (u_t + epsilon)
+        theta_{t-1} -= learning_rate * weight_decay * theta_{t-1}    (if weight_decay)
+        u_t = max(b2 u_{t-1}, |g_t|)
+        theta_t = theta_{t-1} - learning_rate / (1 - b1^t) * m_t / (u_t + epsilon)
     """
     _check_common(learning_rate, beta_1, beta_2, epsilon, weight_decay, _KERAS_NAMES)
     rescaler = transforms.scale_by_adamax(beta_1, beta_2, epsilon)

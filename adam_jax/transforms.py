@@ -108,7 +108,7 @@ def scale_by_adam(
         ``m_hat = b1_{t+1} m_t / (1 - prod_{i<=t+1} b1_i) + (1 - b1_t) g_t / (1 - prod_{i<=t} b1_i)``.
       mu_dtype: storage dtype of :math:`m_t`; default: the parameter's dtype promoted to at least
         float32 (float16/bfloat16 parameters keep float32 moments).
-      nu_dtype: storage dtype of :math:`v_t`, same default; always real (|g|^2) for complex
+      nu_dtype: storage dtype of :math:`v_t`, same default; always real (``|g|^2``) for complex
         parameters.
 
     Returns:
