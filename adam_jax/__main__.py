@@ -1,3 +1,3 @@
-from adam_jax.cli import run
+from adam_jax.tools.cli import run
 
 run()

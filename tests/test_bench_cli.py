@@ -18,7 +18,7 @@ import sys
 import pytest
 
 import adam_jax
-from adam_jax import bench, cli
+from adam_jax.tools import bench, cli, interrupt
 
 # torch is in the test extra on Python < 3.12 only; without it the bench times no torch contender.
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
@@ -238,7 +238,7 @@ def test_after_ctrl_c_the_process_ends_without_python_shutdown(tmp_path, how):
     body = {"returns 130": "130", "raises SystemExit(130)": "sys.exit(130)", "returns 0": "0"}
     (tmp_path / "command_then_exit.py").write_text(
         "import atexit, sys\n"
-        "from adam_jax import cli\n"
+        "from adam_jax.tools import cli\n"
         "atexit.register(lambda: print('shutdown ran'))\n"
         f"cli.main = lambda: {body[how]}\n"
         "cli.run()\n"
@@ -257,20 +257,20 @@ def test_ctrl_c_during_an_import_is_kept_for_later(tmp_path, monkeypatch):
 
     (tmp_path / "ctrl_c_while_imported.py").write_text(
         "import signal, sys\n"
-        "from adam_jax import cli\n"
-        "cli._on_ctrl_c(signal.SIGINT, sys._getframe())\n"
+        "from adam_jax.tools import interrupt\n"
+        "interrupt._on_ctrl_c(signal.SIGINT, sys._getframe())\n"
         "FINISHED = True\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    cli._interrupted.clear()
+    interrupt._interrupted.clear()
     try:
         module = importlib.import_module("ctrl_c_while_imported")
         assert module.FINISHED
         with pytest.raises(KeyboardInterrupt):
-            cli.check_interrupted()
+            interrupt.check_interrupted()
     finally:
         sys.modules.pop("ctrl_c_while_imported", None)
-        cli._interrupted.clear()
+        interrupt._interrupted.clear()
 
 
 def test_an_error_after_ctrl_c_counts_as_the_interruption(capsys):
@@ -279,17 +279,17 @@ def test_an_error_after_ctrl_c_counts_as_the_interruption(capsys):
     propagates."""
 
     def wrapped():
-        cli._interrupted.set()  # what the signal handler does first
+        interrupt._interrupted.set()  # what the signal handler does first
         raise SystemError("returned a result with an exception set") from KeyboardInterrupt()
 
-    assert cli.interruptible(wrapped, "stopped") == 130
+    assert interrupt.interruptible(wrapped, "stopped") == 130
     assert capsys.readouterr().err == "stopped\n"
 
     def failing():
         raise SystemError("a real error")
 
     with pytest.raises(SystemError, match="a real error"):
-        cli.interruptible(failing, "stopped")
+        interrupt.interruptible(failing, "stopped")
     assert capsys.readouterr().err == ""
 
 
@@ -346,9 +346,9 @@ def test_ctrl_c_inside_a_gc_callback_is_not_lost(capsys):
     def callback(phase, info):
         if phase == "start" and not seen:
             seen.append(phase)
-            cli._on_ctrl_c(signal.SIGINT, sys._getframe())  # as if the signal arrived here
+            interrupt._on_ctrl_c(signal.SIGINT, sys._getframe())  # as if the signal arrived here
 
-    cli._interrupted.clear()
+    interrupt._interrupted.clear()
     gc.callbacks.append(callback)
     try:
         gc.collect()
@@ -356,11 +356,11 @@ def test_ctrl_c_inside_a_gc_callback_is_not_lost(capsys):
         gc.callbacks.remove(callback)
     assert seen and "Exception ignored" not in capsys.readouterr().err
     with pytest.raises(KeyboardInterrupt):
-        cli.check_interrupted()
-    cli._interrupted.clear()
+        interrupt.check_interrupted()
+    interrupt._interrupted.clear()
     with pytest.raises(KeyboardInterrupt):  # outside a callback it raises at once, as Python does
-        cli._on_ctrl_c(signal.SIGINT, sys._getframe())
-    cli._interrupted.clear()
+        interrupt._on_ctrl_c(signal.SIGINT, sys._getframe())
+    interrupt._interrupted.clear()
 
 
 def test_readme_quotes_the_8bit_compile_rounds_of_the_records():

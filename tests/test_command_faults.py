@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from adam_jax import bench, cli
-from adam_jax.paper import parallel, runner, train
+from adam_jax.tools import bench, cli, common
+from adam_jax.tools.paper import parallel, runner, train
 
 
 def fake_train_runs(model, x, y, make_tx, hparams, epochs, seed, on_epoch=None, **kw):
@@ -112,7 +112,7 @@ def test_bench_memory_estimate_counts_every_contender(monkeypatch, capsys):
     monkeypatch.setattr(cli, "memory_limit", lambda device=None: (expected - 1, "the test's"))
     args = ["bench", "--params", str(n), "--cases", "one-array", "--contenders", "adam_jax"]
     assert cli.main(args) == 2
-    assert f"needs about {cli.gib(expected)}, more than the {cli.gib(expected - 1)}" in (
+    assert f"needs about {common.gib(expected)}, more than the {common.gib(expected - 1)}" in (
         one_line_error(capsys)
     )
 
@@ -128,7 +128,7 @@ def test_reproduce_refuses_a_seed_count_that_cannot_fit(tmp_path, monkeypatch, c
     per_seed = runner.rows_per_seed(["fig2"], runner.TINY) * runner.ROW_BYTES
     monkeypatch.setattr(cli, "memory_limit", lambda device=None: (100 * per_seed, "the test's"))
     assert reproduce("fig2", "--seeds", "101", "--out", str(out)) == 2
-    assert f"needs about {cli.gib(101 * per_seed)}" in one_line_error(capsys)
+    assert f"needs about {common.gib(101 * per_seed)}" in one_line_error(capsys)
     with pytest.raises(SystemExit) as stop:  # more seeds than there are
         reproduce("fig2", "--seeds", str(2**31 + 1))
     assert stop.value.code == 2 and "seeds must be distinct integers" in one_line_error(capsys)

@@ -6,8 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from adam_jax.paper import data, runner, train
-from adam_jax.paper.runner import zca_whiten
+from adam_jax.tools.paper import data, runner, train
+from adam_jax.tools.paper.runner import zca_whiten
 
 
 def write_idx(path, array, gz=False):
@@ -127,8 +127,8 @@ def test_imdb_malformed_line_names_file_line_and_format(tmp_path, line):
 
 
 def test_reproduce_exits_2_on_a_malformed_file_before_training(tmp_path, capsys, monkeypatch):
-    from adam_jax import cli
-    from adam_jax.paper import train
+    from adam_jax.tools import cli
+    from adam_jax.tools.paper import train
 
     monkeypatch.setattr(train, "train_runs_with_steps", None)  # any training would fail loudly
     write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((130, 2, 2)))

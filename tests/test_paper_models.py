@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adam_jax.paper import models
+from adam_jax.tools.paper import models
 
 
 def finite_difference_check(model, x, y, train, seed=0):

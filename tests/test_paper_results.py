@@ -4,7 +4,7 @@ run is what the README says it is (quick mode, at least 3 seeds, finished)."""
 import json
 from pathlib import Path
 
-from adam_jax.paper import claims
+from adam_jax.tools.paper import claims
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "results" / "quick"
@@ -41,7 +41,7 @@ def test_readme_claims_table_is_the_committed_summarys():
     table = claims.claims_table((QUICK / "summary.md").read_text())
     assert readme_block() == table, (
         "README's claims table differs from results/quick/summary.md: paste "
-        "adam_jax.paper.claims.claims_table(summary) between the markers"
+        "adam_jax.tools.paper.claims.claims_table(summary) between the markers"
     )
 
 
@@ -60,7 +60,7 @@ def test_committed_quick_run_is_of_the_current_code():
     """A stale run fails here: the committed quick run used this version's data (the stand-ins'
     descriptions, with their sizes) and this version of adam_jax."""
     import adam_jax
-    from adam_jax.paper import runner
+    from adam_jax.tools.paper import runner
 
     info = json.loads((QUICK / "run.json").read_text())
     summary = (QUICK / "summary.md").read_text()

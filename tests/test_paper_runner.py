@@ -16,9 +16,9 @@ import numpy as np
 import optax
 import pytest
 
-from adam_jax import cli
-from adam_jax.paper import claims, data, models, runner, train
-from adam_jax.paper import cli as paper_cli
+from adam_jax.tools import cli, interrupt
+from adam_jax.tools.paper import claims, data, models, runner, train
+from adam_jax.tools.paper import cli as paper_cli
 
 
 def numpy_gradient_descent(x, y, w, b, lr, weight_decay, steps):
@@ -376,7 +376,7 @@ def test_figures_in_parallel_equal_one_process_and_survive_ctrl_c(tmp_path):
 
 
 def test_a_failing_figure_process_stops_the_run_and_names_its_log(tmp_path, monkeypatch, capsys):
-    from adam_jax.paper import parallel
+    from adam_jax.tools.paper import parallel
 
     def command(args, size, figure, seeds, part):
         code = 3 if figure == "fig2" else 0  # fig2's process fails at once; the others do nothing
@@ -404,15 +404,15 @@ def test_python_m_adam_jax_paper_handles_ctrl_c_as_adam_jax_does(monkeypatch, ca
 
     def reproduce(args):
         handlers.append(signal.getsignal(signal.SIGINT))
-        cli._interrupted.set()  # as if the exception of a Ctrl-C had been dropped
+        interrupt._interrupted.set()  # as if the exception of a Ctrl-C had been dropped
         return 0
 
     monkeypatch.setattr(paper_cli, "reproduce", reproduce)
     assert paper_cli.main(["fig1", "--tiny"]) == 130
-    assert handlers == [cli._on_ctrl_c] and signal.getsignal(signal.SIGINT) is not cli._on_ctrl_c
+    assert handlers == [interrupt._on_ctrl_c] and signal.getsignal(signal.SIGINT) is not interrupt._on_ctrl_c
     assert capsys.readouterr().err.strip() == "interrupted"
     # a Ctrl-C that reproduce caught and reported (returning 130) is not reported twice
-    monkeypatch.setattr(paper_cli, "reproduce", lambda args: cli._interrupted.set() or 130)
+    monkeypatch.setattr(paper_cli, "reproduce", lambda args: interrupt._interrupted.set() or 130)
     assert paper_cli.main(["fig1", "--tiny"]) == 130
     assert capsys.readouterr().err == ""
 
@@ -481,7 +481,7 @@ def test_demo_rejects_bad_arguments_before_work(args, message, capsys):
 
 
 def test_demo_ctrl_c_exits_130(monkeypatch, capsys):
-    from adam_jax import demo
+    from adam_jax.tools import demo
 
     def interrupted(*a):
         raise KeyboardInterrupt

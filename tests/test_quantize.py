@@ -13,7 +13,6 @@ import optax
 import pytest
 
 import adam_jax
-from adam_jax.paper import data, models, train
 from adam_jax.quantize import (
     QuantizedMoment,
     block_layout,
@@ -23,6 +22,7 @@ from adam_jax.quantize import (
     quantized_moments,
     state_bytes,
 )
+from adam_jax.tools.paper import data, models, train
 from tests import reference
 from tests.helpers import param_trajectory, reference_per_leaf, run_updates
 

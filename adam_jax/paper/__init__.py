@@ -1,5 +1,6 @@
-"""The Section 6 experiments of Kingma & Ba (2015): data, models, runner, figures and claims.
+"""Moved to :mod:`adam_jax.tools.paper`; ``adam_jax.paper.X`` stays an alias of
+``adam_jax.tools.paper.X``, and ``python -m adam_jax.paper`` still runs the experiments."""
 
-Run them with ``adam-jax reproduce all --quick`` or ``python -m adam_jax.paper all --quick``.
-Not imported by ``import adam_jax``: it needs the ``paper`` extra (matplotlib, tqdm, scikit-learn).
-"""
+from adam_jax._moved import alias_package_modules
+
+alias_package_modules(__name__, "adam_jax.tools.paper")

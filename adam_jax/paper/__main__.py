@@ -1,8 +1,1 @@
-from adam_jax import _extras
-
-_extras.exit_if_missing("paper", "python -m adam_jax.paper")
-
-from adam_jax.cli import leave  # noqa: E402
-from adam_jax.paper.cli import main  # noqa: E402 (needs the extra checked above)
-
-leave(main())
+from adam_jax.tools.paper import __main__  # noqa: F401 (running it is the point)

@@ -17,15 +17,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from adam_jax.paper.claims import LABELS
-from adam_jax.paper.runner import VAE_BETA2
+from adam_jax.tools.paper.claims import LABELS
+from adam_jax.tools.paper.runner import VAE_BETA2
 
 STYLES = {
     "adam": ("tab:red", "-"),
     "adamax": ("tab:brown", "--"),
     "sgd_nesterov": ("tab:blue", "-"),
     "adagrad": ("tab:green", "-"),
+    "adagrad_inv_sqrt": ("tab:green", ":"),
     "rmsprop": ("tab:purple", "-"),
+    "rmsprop_eps_in_sqrt": ("tab:purple", ":"),
     "adadelta": ("tab:orange", "-"),
 }
 
@@ -45,7 +47,7 @@ def seed_curves(
     acc: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     lrs = {}
     for r in rows:
-        if r["panel"] == panel and r["selected"] == "1":
+        if r["panel"] == panel and r["selected"] == "1" and r["stage"] == "verdict":
             acc[r["optimizer"]][r["seed"]].append((int(r[x_field]), float(r["loss"])))
             lrs[r["optimizer"]] = float(r["learning_rate"])
     out = {}
@@ -126,7 +128,7 @@ def vae_losses(
     (seeds, alphas))."""
     acc: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r["panel"] == "fig4" and int(r["epoch"]) == epoch:
+        if r["panel"] == "fig4" and int(r["epoch"]) == epoch and r["stage"] == "verdict":
             key = (bool(int(r["bias_correction"])), float(r["beta1"]), float(r["beta2"]))
             acc[key][r["seed"]].append((np.log10(float(r["learning_rate"])), float(r["loss"])))
     out = {}

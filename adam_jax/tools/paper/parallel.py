@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from adam_jax.paper import runner
+from adam_jax.tools.paper import runner
 
 # Longest first (CPU-seconds of the quick run on 2 cores: fig3 228, fig2 192, fig4 167, fig1
 # 107), so that two processes finish at about the same time.

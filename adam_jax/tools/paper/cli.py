@@ -57,7 +57,7 @@ def _positive_int(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of the ``reproduce`` command."""
-    from adam_jax.paper import runner
+    from adam_jax.tools.paper import runner
 
     def grids(g: dict) -> str:
         return ", ".join(f"{runner.LABELS[o]} {v[0]:g}..{v[-1]:g} ({len(v)})" for o, v in g.items())
@@ -83,8 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seeds",
         type=seed_sequence,
         default=None,
-        help="a number of seeds N (seeds 0..N-1) or a list like 0,3,7 (default: 5 for the full "
-        "run, 3 with --quick, 2 with --tiny); verdicts need at least 2",
+        help="the verdict seeds: a number N (seeds 0..N-1) or a list like 0,3,7 (default: 5 for "
+        "the full run, 3 with --quick, 2 with --tiny); verdicts need at least 2. Learning rates "
+        "are chosen on other seeds, 1000, 1001, ... (3 full, 2 quick, 1 tiny)",
     )
     parser.add_argument(
         "--out", default="adam_jax_results", help="output directory (default ./adam_jax_results)"
@@ -266,10 +267,10 @@ def reproduce(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from adam_jax.cli import too_big
-    from adam_jax.paper import claims as claims_lib
-    from adam_jax.paper import figures, parallel, runner
-    from adam_jax.paper.data import DataError
+    from adam_jax.tools.common import too_big
+    from adam_jax.tools.paper import claims as claims_lib
+    from adam_jax.tools.paper import figures, parallel, runner
+    from adam_jax.tools.paper.data import DataError
 
     budget = runner.TINY if args.tiny else runner.QUICK if args.quick else runner.FULL
     wanted = list(runner.FIGURES) if args.figure == "all" else [args.figure]
@@ -284,6 +285,13 @@ def _reproduce(args: argparse.Namespace) -> int:
     if problem:
         return _error(problem)
     seeds = list(seeds)
+    clash = sorted(set(seeds) & set(runner.selection_seeds(budget)))
+    if clash:
+        return _error(
+            f"--seeds {', '.join(map(str, clash))}: the learning rates are chosen on seeds "
+            f"{', '.join(map(str, runner.selection_seeds(budget)))} of this run, and the verdict "
+            f"seeds must differ from them: choose seeds below {runner.SELECTION_SEED_BASE}"
+        )
     out = Path(args.out)
     problem = check_out(out)
     if problem:
@@ -409,8 +417,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     for fig in wanted:
         written.append(draw[fig]().name)
     claims = claims_lib.check(rows, e["fig4_few"], e["fig4_many"])
-    summary = claims_lib.summary_markdown(claims, _header(args, budget, seeds, rows, info),
-                                          _selection_notes(rows))  # fmt: skip
+    summary = claims_lib.summary_markdown(
+        claims, _header(args, budget, seeds, rows, info), _selection_notes(rows), budget.name
+    )
     (out / "summary.md").write_text(summary)
     written.append("summary.md")
     print(f"wrote {', '.join(written)} to {out}; training time per figure (s): "
@@ -425,12 +434,24 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _header(args, budget, seeds, rows, info) -> str:
+    from adam_jax.tools.paper import runner
+
     sources = sorted({f"{r['panel']}: {r['dataset']}" for r in rows})
     sec = info["figure_seconds"]
     return "\n".join(
         [
             f"# Section 6 reproduction: {args.figure} ({budget.name} run, seeds "
             f"{', '.join(map(str, seeds))})",
+            "",
+            f"Learning rates and every other grid choice were made on the selection seeds "
+            f"{', '.join(map(str, runner.selection_seeds(budget)))}; the verdicts and curves are "
+            "of the verdict seeds above."
+            + (
+                f" **{budget.name.capitalize()} run**: its verdicts are labelled "
+                f"`({budget.name})` and do not stand for the full run's."
+                if budget.name != "full"
+                else ""
+            ),
             "",
             "Training time per figure (s, summed over sittings; wall clock, then CPU time of "
             "the process that ran it): "
@@ -447,23 +468,23 @@ def _header(args, budget, seeds, rows, info) -> str:
             "Data used:",
             *[f"- {s}" for s in sources],
             "",
-            "Each curve is the learning rate with the lowest final training cost averaged over "
-            "the seeds (results.csv, column `selected`). Verdicts follow the rules in "
-            "`adam_jax/paper/claims.py`: `yes` or `no` only when every seed agrees and the mean "
-            "is more than 2 standard errors (over seeds) past the margin; `inconclusive` "
-            "otherwise.",
+            "Each curve is the learning rate with the lowest area under the log-cost curve "
+            "averaged over the selection seeds (results.csv, columns `stage` and `selected`). "
+            "Verdicts follow the rules in `adam_jax/tools/paper/claims.py` (history: "
+            "`results/RULES.md`): `yes` or `no` only when every verdict seed agrees and the 95% "
+            "t-interval of the mean lies past the margin; `inconclusive` otherwise.",
         ]
     )
 
 
 def _selection_notes(rows: list[dict]) -> str:
     """The selected learning rate per (panel, optimizer), flagged when still on a grid edge."""
-    from adam_jax.paper import runner
+    from adam_jax.tools.paper import runner
 
     tried: dict[tuple[str, str], set[float]] = {}
     chosen: dict[tuple[str, str], float] = {}
     for r in rows:
-        if r["panel"] in ("fig4", "fig3_iter"):
+        if r["panel"] in ("fig4", "fig3_iter") or r["stage"] != "selection":
             continue
         key = (r["panel"], r["optimizer"])
         tried.setdefault(key, set()).add(float(r["learning_rate"]))
@@ -492,7 +513,8 @@ def _selection_notes(rows: list[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m adam_jax.paper``; Ctrl-C is handled as by ``adam-jax``."""
-    from adam_jax.cli import Parser, interruptible
+    from adam_jax.tools.common import Parser
+    from adam_jax.tools.interrupt import interruptible
 
     parser = Parser(prog="python -m adam_jax.paper", description=__doc__)
     add_arguments(parser)

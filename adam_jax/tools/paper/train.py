@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adam_jax.paper.models import Model
+from adam_jax.tools.paper.models import Model
 
 BATCH_SIZE = 128  # Section 6: minibatches of 128 throughout
 MAX_EVAL = 10_000  # the plotted training cost is evaluated on at most this many examples

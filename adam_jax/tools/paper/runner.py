@@ -1,11 +1,14 @@
 """The Section 6 experiments: which model, data, optimizers and grids each figure uses, and the run.
 
-Every optimizer's learning rate is chosen by grid search: all grid points are trained from the same
-initialisation for every seed, and the one with the lowest final training cost, averaged over the
-seeds, is the "selected" curve a figure shows. When the selection is at an edge of the grid, the
-grid is extended past that edge, a bounded number of half-decade steps. Baselines come from optax;
-Adam and AdaMax from adam_jax. Rows go to ``results.csv`` as each group of runs finishes, so an
-interrupted run keeps them, and ``--resume`` skips them.
+Every optimizer's learning rate is chosen by grid search on the *selection seeds* (``1000, 1001,
+...``, disjoint from the verdict seeds): all grid points are trained from the same initialisation
+in each selection seed, and the one with the lowest area under the log-cost curve
+(:func:`claims.speed`), averaged over the selection seeds, is selected. When it is at an edge of
+the grid, the grid is extended past that edge, a bounded number of half-decade steps. The selected
+rate is then trained on the *verdict seeds*, whose curves the figures show and the claims judge.
+Adam and AdaMax come from adam_jax, the baselines from :mod:`baselines`. Rows go to
+``results.csv`` as each group of runs finishes, so an interrupted run keeps them, and
+``--resume`` skips them.
 """
 
 from __future__ import annotations
@@ -15,24 +18,23 @@ import dataclasses
 import functools
 import io
 import itertools
-import math
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
-import optax
 
 import adam_jax
-from adam_jax.paper import data as data_lib
-from adam_jax.paper import models, train
-from adam_jax.paper.claims import LABELS  # noqa: F401 (re-exported)
+from adam_jax.tools.paper import baselines, claims, models, train
+from adam_jax.tools.paper import data as data_lib
+from adam_jax.tools.paper.claims import LABELS  # noqa: F401 (re-exported)
 
 FIGURES = ("fig1", "fig2", "fig3", "fig4")
 FIELDS = (
     "figure", "panel", "dataset", "model", "optimizer", "hyperparameters", "learning_rate",
-    "beta1", "beta2", "bias_correction", "seed", "selected", "epoch", "iteration", "loss",
+    "beta1", "beta2", "bias_correction", "seed", "stage", "selected", "epoch", "iteration", "loss",
 )  # fmt: skip
+SELECTION_SEED_BASE = 1000  # selection seeds are 1000, 1001, ...; verdict seeds must differ
 
 # Learning-rate grids (the paper says "dense grid" and gives none), in half-decade steps. Under
 # alpha/sqrt(t) (Fig. 1) a grid is moved up a decade. Either way a selection on an edge extends
@@ -42,15 +44,19 @@ FULL_GRIDS = {
     "adamax": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
     "sgd_nesterov": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
     "adagrad": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
+    "adagrad_inv_sqrt": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
     "rmsprop": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+    "rmsprop_eps_in_sqrt": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
     "adadelta": (0.1, 0.3, 1.0, 3.0),
 }
 QUICK_GRIDS = {  # half-decade steps, as the full grids, over a narrower range
     "adam": (1e-3, 3e-3, 1e-2, 3e-2),
     "adamax": (2e-3, 6e-3, 2e-2, 6e-2),
     "sgd_nesterov": (1e-2, 3e-2, 1e-1, 3e-1),
-    "adagrad": (1e-2, 3e-2, 1e-1, 3e-1),
+    "adagrad": (3e-3, 1e-2, 3e-2, 1e-1),
+    "adagrad_inv_sqrt": (3e-3, 1e-2, 3e-2, 1e-1),
     "rmsprop": (3e-4, 1e-3, 3e-3),
+    "rmsprop_eps_in_sqrt": (3e-4, 1e-3, 3e-3),
     "adadelta": (0.3, 1.0, 3.0),
 }
 TINY_GRIDS = {k: v[:1] for k, v in QUICK_GRIDS.items()}
@@ -68,7 +74,8 @@ class Budget:
     name: str
     epochs: dict[str, int]  # per panel; "fig3_early" is Fig. 3 left, fig4 uses few/many
     grids: dict[str, tuple[float, ...]]
-    seeds: int  # default number of seeds
+    seeds: int  # default number of verdict seeds
+    selection_seeds: int  # seeds 1000, 1001, ... on which every grid choice is made
     max_extend: int = 2  # grid extensions past each edge
     cnn_channels: tuple[int, int, int] = (64, 64, 128)
     cnn_hidden: int = 1000
@@ -83,6 +90,7 @@ FULL = Budget(
      "fig4_few": 10, "fig4_many": 100},
     FULL_GRIDS,
     seeds=5,
+    selection_seeds=3,
     imdb_docs=25_000,
 )  # fmt: skip
 QUICK = Budget(
@@ -91,6 +99,7 @@ QUICK = Budget(
      "fig4_few": 3, "fig4_many": 15},
     QUICK_GRIDS,
     seeds=3,
+    selection_seeds=2,
     imdb_docs=4000,
     imdb_vocab=1000,
     cnn_channels=(16, 16, 32),
@@ -102,6 +111,7 @@ TINY = Budget(
      "fig4_few": 1, "fig4_many": 2},
     TINY_GRIDS,
     seeds=2,
+    selection_seeds=1,
     max_extend=0,
     cnn_channels=(4, 4, 8),
     cnn_hidden=16,
@@ -124,10 +134,12 @@ def make_optimizer(name: str, schedule: bool) -> train.MakeTx:
     makers: dict[str, Callable] = {
         "adam": lambda h: adam_jax.adam(lr(h)),
         "adamax": lambda h: adam_jax.adamax(lr(h)),
-        "sgd_nesterov": lambda h: optax.sgd(lr(h), momentum=0.9, nesterov=True),
-        "adagrad": lambda h: optax.adagrad(lr(h)),
-        "rmsprop": lambda h: optax.rmsprop(lr(h)),
-        "adadelta": lambda h: optax.adadelta(lr(h)),
+        "sgd_nesterov": lambda h: baselines.sgd_nesterov(lr(h)),
+        "adagrad": lambda h: baselines.adagrad(lr(h)),
+        "adagrad_inv_sqrt": lambda h: baselines.adagrad(lr(h)),
+        "rmsprop": lambda h: baselines.rmsprop(lr(h)),
+        "rmsprop_eps_in_sqrt": lambda h: baselines.rmsprop_eps_in_sqrt(lr(h)),
+        "adadelta": lambda h: baselines.adadelta(lr(h)),
     }
     if name not in makers:
         raise ValueError(f"unknown optimizer {name!r}: choose one of {sorted(makers)}")
@@ -157,9 +169,12 @@ class Panel:
 
 
 PANELS = (
-    Panel("fig1", "fig1_mnist", "mnist", ("adam", "sgd_nesterov", "adagrad", "adamax"), True),
-    Panel("fig1", "fig1_imdb", "imdb", ("adam", "adagrad", "rmsprop", "sgd_nesterov", "adamax"), True),
-    Panel("fig2", "fig2", "mnist", ("adam", "adagrad", "rmsprop", "sgd_nesterov", "adadelta", "adamax")),
+    Panel("fig1", "fig1_mnist", "mnist",
+          ("adam", "sgd_nesterov", "adagrad", "adagrad_inv_sqrt", "adamax"), True),
+    Panel("fig1", "fig1_imdb", "imdb",
+          ("adam", "adagrad", "adagrad_inv_sqrt", "rmsprop", "sgd_nesterov", "adamax"), True),
+    Panel("fig2", "fig2", "mnist", ("adam", "adagrad", "rmsprop", "rmsprop_eps_in_sqrt",
+                                    "sgd_nesterov", "adadelta", "adamax")),
     Panel("fig3", "fig3", "cifar10", ("adam", "adagrad", "sgd_nesterov", "adamax")),
 )  # fmt: skip
 
@@ -196,10 +211,15 @@ def datasets_for(figures: Iterable[str]) -> list[str]:
 
 def scheduled(panel: Panel, optimizer: str) -> bool:
     """Whether ``optimizer`` runs with alpha/sqrt(t) in ``panel``: in Fig. 1 (Section 6.1) every
-    optimizer but AdaGrad, whose steps already shrink like 1/sqrt(t) (Section 5: AdaGrad is Adam
-    with beta1 = 0, infinitesimal 1 - beta2 and alpha_t = alpha/sqrt(t)); decaying it again would
-    give 1/t steps."""
+    optimizer; AdaGrad runs both ways, as ``adagrad_inv_sqrt`` (Section 6.1 read literally) and as
+    ``adagrad`` at a constant alpha (its accumulated squared gradients already shrink its steps
+    like 1/sqrt(t), Section 5, so decaying alpha too gives 1/t steps)."""
     return panel.schedule and optimizer != "adagrad"
+
+
+def selection_seeds(budget: Budget) -> list[int]:
+    """The seeds every grid choice is made on: ``SELECTION_SEED_BASE`` and the next ones."""
+    return list(range(SELECTION_SEED_BASE, SELECTION_SEED_BASE + budget.selection_seeds))
 
 
 def grid_for(optimizer: str, budget: Budget, schedule: bool) -> tuple[float, ...]:
@@ -221,18 +241,19 @@ def extend_grid(grid: tuple[float, ...], up: bool) -> float:
 
 
 def work_units(figures: Iterable[str], budget: Budget, seeds: int = 1) -> int:
-    """Epochs of single runs the starting grids need, over ``seeds`` seeds (the progress bar's
-    total; grid extensions add to it as they happen)."""
+    """Epochs of single runs the starting grids (on the selection seeds) and the selected rates
+    (on ``seeds`` verdict seeds) need: the progress bar's total; grid extensions add to it as they
+    happen."""
     total = 0
     for p in PANELS:
         if p.figure in set(figures):
-            total += (
-                sum(len(grid_for(o, budget, scheduled(p, o))) for o in p.optimizers)
-                * budget.epochs[p.panel]
+            grids = sum(len(grid_for(o, budget, scheduled(p, o))) for o in p.optimizers)
+            total += (grids * budget.selection_seeds + len(p.optimizers) * seeds) * (
+                budget.epochs[p.panel]
             )
-    if "fig4" in set(figures):
-        total += 2 * budget.epochs["fig4_many"]  # one vectorised call per bias-correction setting
-    return total * seeds
+    if "fig4" in set(figures):  # one vectorised call per (seed, bias correction)
+        total += 2 * budget.epochs["fig4_many"] * (seeds + budget.selection_seeds)
+    return total
 
 
 def _fmt(value: float) -> str:
@@ -249,7 +270,7 @@ class Progress:
         self.done = self.grown = 0
 
     def update(self, n: int) -> None:
-        from adam_jax.cli import check_interrupted
+        from adam_jax.tools.interrupt import check_interrupted
 
         check_interrupted()  # a Ctrl-C whose exception a callback swallowed
         self.done += n
@@ -322,14 +343,17 @@ class Results:
         self.finished_runs += len({run_key(r) for r in rows})
 
 
-def _final_cost(rows: list[dict], last_epoch: int) -> float:
-    loss = [float(r["loss"]) for r in rows if r["epoch"] == str(last_epoch) and not r["iteration"]]
-    return loss[0] if loss and math.isfinite(loss[0]) else math.inf
+def run_speed(rows: list[dict]) -> float:
+    """The selection measure of one run's per-epoch rows: :func:`claims.speed`, the area under
+    the log-cost curve."""
+    return claims.speed(
+        [(int(r["epoch"]), claims.as_cost(r["loss"])) for r in rows if not r["iteration"]]
+    )
 
 
-def select(costs: dict[float, list[float]]) -> float:
-    """The learning rate with the lowest final cost averaged over seeds (non-finite: +inf)."""
-    return min(sorted(costs), key=lambda lr: float(np.mean(costs[lr])))
+def select(scores: dict[float, list[float]]) -> float:
+    """The learning rate with the lowest score averaged over seeds (non-finite: +inf)."""
+    return min(sorted(scores), key=lambda lr: float(np.mean(scores[lr])))
 
 
 def run_panel(
@@ -340,18 +364,21 @@ def run_panel(
     results: Results,
     progress: Progress,
 ) -> list[dict]:
-    """Grid-search every optimizer of ``panel`` over ``seeds``; one row per (run, epoch), plus,
-    for Fig. 3, one row per iteration of the first epochs (panel ``fig3_iter``)."""
+    """Grid-search every optimizer of ``panel`` on the selection seeds, then train the selected
+    rate on the verdict ``seeds``; one row per (run, epoch), plus, for Fig. 3, one row per
+    iteration of the first epochs (panel ``fig3_iter``)."""
     model = build_model(panel.panel, ds, budget)
     epochs = budget.epochs[panel.panel]
     step_epochs = budget.epochs["fig3_early"] if panel.figure == "fig3" else 0
     vectorize = panel.panel != "fig3"
+    chosen_on = selection_seeds(budget)
     rows = []
     for opt in panel.optimizers:
         sched = scheduled(panel, opt)
         tag = " schedule=alpha/sqrt(t)" if sched else ""
 
-        def group(lrs: tuple[float, ...], seed: int, opt=opt, sched=sched, tag=tag) -> list[dict]:
+        def group(lrs: tuple[float, ...], seed: int, stage: str, opt=opt, sched=sched,
+                  tag=tag) -> list[dict]:  # fmt: skip
             keys = [(panel.panel, opt, f"lr={_fmt(lr)}{tag}", str(seed)) for lr in lrs]
             kept = results.take(keys, epochs)
             if kept is not None:
@@ -369,7 +396,8 @@ def run_panel(
                 base = {
                     "figure": panel.figure, "dataset": ds.source, "model": model.name,
                     "optimizer": opt, "hyperparameters": keys[r][2], "learning_rate": _fmt(lr),
-                    "beta1": "", "beta2": "", "bias_correction": "", "seed": seed, "selected": "",
+                    "beta1": "", "beta2": "", "bias_correction": "", "seed": seed,
+                    "stage": stage, "selected": int(stage == claims.VERDICT),
                 }  # fmt: skip
                 for i, loss in enumerate(step_losses[r]):
                     new.append({**base, "panel": "fig3_iter", "epoch": i // steps + 1,
@@ -386,13 +414,14 @@ def run_panel(
         pending = list(grid)
         extended = {True: 0, False: 0}
         while pending:
-            per_seed = [group(tuple(pending), seed) for seed in seeds]
+            per_seed = [group(tuple(pending), seed, claims.SELECTION) for seed in chosen_on]
             for lr in pending:
                 hp = f"lr={_fmt(lr)}{tag}"
                 by_lr[lr] = [r for rs in per_seed for r in rs if r["hyperparameters"] == hp]
             grid = tuple(sorted(by_lr))
             best = select(
-                {lr: [_final_cost([r for r in rs if r["seed"] == str(s)], epochs) for s in seeds]
+                {lr: [run_speed([r for r in rs if r["seed"] == str(s) and r["panel"] == panel.panel])
+                      for s in chosen_on]
                  for lr, rs in by_lr.items()}
             )  # fmt: skip
             pending = []
@@ -400,12 +429,14 @@ def run_panel(
                 if best == edge and extended[up] < budget.max_extend:
                     extended[up] += 1
                     pending = [extend_grid(grid, up)]
-                    progress.grow(len(seeds) * epochs)
+                    progress.grow(len(chosen_on) * epochs)
                     break
         for lr in grid:
             for r in by_lr[lr]:
                 r["selected"] = str(int(lr == best))
             rows += by_lr[lr]
+        for seed in seeds:
+            rows += group((best,), seed, claims.VERDICT)
     return rows
 
 
@@ -417,7 +448,8 @@ def run_vae_grid(
     progress: Progress,
 ) -> list[dict]:
     """Fig. 4: the VAE over the paper's full (beta1, beta2, alpha) grid, with and without bias
-    correction, per seed; losses after ``fig4_few`` and ``fig4_many`` epochs come from one run."""
+    correction, on the selection seeds and then the verdict ``seeds``; losses after ``fig4_few``
+    and ``fig4_many`` epochs come from one run."""
     model = build_model("fig4", ds, budget)
     grid = list(itertools.product(VAE_BETA1, VAE_BETA2, VAE_LOG10_ALPHA))
     hp = {
@@ -427,7 +459,9 @@ def run_vae_grid(
     }
     epochs = budget.epochs["fig4_many"]
     rows = []
-    for seed, bc in itertools.product(seeds, (True, False)):
+    stages = {s: claims.SELECTION for s in selection_seeds(budget)}
+    stages |= {s: claims.VERDICT for s in seeds}
+    for seed, bc in itertools.product(stages, (True, False)):
         name = "adam" if bc else "adam_no_bias_correction"
         keys = [
             ("fig4", name, f"lr=1e{a} b1={b1} b2={b2} bias_correction={bc}", str(seed))
@@ -450,7 +484,8 @@ def run_vae_grid(
                         "figure": "fig4", "panel": "fig4", "dataset": ds.source, "model": model.name,
                         "optimizer": name, "hyperparameters": keys[r][2],
                         "learning_rate": _fmt(10.0**log_lr), "beta1": b1, "beta2": b2,
-                        "bias_correction": int(bc), "seed": seed, "selected": 0, "epoch": e,
+                        "bias_correction": int(bc), "seed": seed, "stage": stages[seed],
+                        "selected": 0, "epoch": e,
                         "iteration": "", "loss": repr(float(losses[r, e])),
                     }
                 )  # fmt: skip
