@@ -148,7 +148,9 @@ def torch_adamw(
     maximize: bool = False,
     mask: Any = None,
 ) -> optax.GradientTransformation:
-    """``torch.optim.AdamW``: :func:`torch_adam` with ``decoupled_weight_decay=True``::
+    """``torch.optim.AdamW``: :func:`torch_adam` with ``decoupled_weight_decay=True``.
+
+    The update::
 
         theta_t = theta_{t-1} - lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * theta_{t-1})
     """
@@ -173,7 +175,9 @@ def torch_adamax(
     maximize: bool = False,
     mask: Any = None,
 ) -> optax.GradientTransformation:
-    """``torch.optim.Adamax``::
+    """``torch.optim.Adamax``.
+
+    The update::
 
         g_t = -g_t if maximize;  g_t += weight_decay * theta_{t-1}   (L2)
         m_t = b1 m_{t-1} + (1 - b1) g_t;   u_t = max(b2 u_{t-1}, |g_t| + eps)
@@ -258,7 +262,9 @@ def keras_adamax(
     *,
     mask: Any = None,
 ) -> optax.GradientTransformation:
-    """``keras.optimizers.Adamax``::
+    """``keras.optimizers.Adamax``.
+
+    The update::
 
         theta_{t-1} -= learning_rate * weight_decay * theta_{t-1}    (if weight_decay)
         u_t = max(b2 u_{t-1}, |g_t|)
