@@ -15,6 +15,12 @@ from adam_jax.flat import FlatMomentsState, flat_moments
 from adam_jax.flax_nnx import load_into_nnx
 from adam_jax.kahan import KahanSummationState, kahan_summation
 from adam_jax.monitoring import MonitorState, StepStats, monitor, step_stats
+from adam_jax.partition import (
+    PartitionReport,
+    partition_report,
+    partition_sharding,
+    partitioned,
+)
 from adam_jax.quantize import QuantizedMomentsState, quantized_moments
 from adam_jax.schedules import inverse_sqrt_schedule
 from adam_jax.sharding import state_sharding
@@ -49,6 +55,7 @@ __all__ = [
     "Hyperparams",
     "KahanSummationState",
     "MonitorState",
+    "PartitionReport",
     "QuantizedMomentsState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
@@ -67,6 +74,9 @@ __all__ = [
     "kahan_summation",
     "load_into_nnx",
     "monitor",
+    "partition_report",
+    "partition_sharding",
+    "partitioned",
     "quantized_moments",
     "restore_checkpoint",
     "save_checkpoint",
