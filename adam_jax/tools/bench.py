@@ -296,7 +296,10 @@ CONTENDERS = [*JAX_CONTENDERS, *TORCH_CONTENDERS]
 
 
 def build_contenders(case: Case, dtype: str, selected: Sequence[str]) -> dict[str, Contender]:
-    """Compile (or, for torch, warm up) every contender of ``case``, references first."""
+    """Compile (or, for torch, warm up) every contender of ``case``, references first. A Ctrl-C
+    recorded during an import or a compile stops it at the next contender, not after them all."""
+    from adam_jax.tools.interrupt import check_interrupted
+
     params = _params(case.shapes, dtype)
     if case.model is None:
         data, loss = _params(case.shapes, dtype, seed=1), None
@@ -307,11 +310,13 @@ def build_contenders(case: Case, dtype: str, selected: Sequence[str]) -> dict[st
     contenders["optax.adam"] = _jax_contender(optax.adam(LR), params, data, loss)
     for key, (name, make_tx) in JAX_CONTENDERS.items():
         if key in selected:
+            check_interrupted()
             contenders[name] = _jax_contender(make_tx(), params, data, loss)
     if case.model is None:  # torch runs the optimizer step only
         for device in _torch_devices():
             for key, impl in TORCH_CONTENDERS.items():
                 if key in selected:
+                    check_interrupted()
                     name = f"torch {impl} Adam ({device})"
                     contenders[name] = _torch_contender(params, data, impl, device)
     return contenders
