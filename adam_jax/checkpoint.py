@@ -12,7 +12,10 @@ resuming with a different learning rate is refused too, unless the change is del
 (``allow_changes={"learning_rate"}``). Anything else can be stored and compared as ``config``.
 
 Restoring onto a mesh reads each array straight into its target sharding: the parameters' own
-shardings and, for the state, :func:`adam_jax.state_sharding`.
+shardings and, for the state, :func:`adam_jax.state_sharding`. The flat buffers of
+:func:`adam_jax.flat_moments` are stored one per parameter (``adam_jax.flat.per_parameter``), so
+such a checkpoint restores whatever the grouping (``max_leaf_size``) and the mesh, saved and
+restored: on one device, a checkpoint written on an ``Explicit`` mesh, and the other way round.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adam_jax import _ckpt_files, _extras, _hyperparams
+from adam_jax import _ckpt_files, _extras, _hyperparams, flat
 from adam_jax.sharding import state_sharding
 
 PyTree = Any
@@ -176,13 +179,21 @@ def checkpoint_fingerprint(
       structure and every leaf's dtype and shape, the state's leaves by their canonical paths
       (``optax.inject_hyperparams`` wrappers left out) and its outline (transformations by state
       type), and the hyperparameters recorded in ``opt_state`` (a schedule by its values at
-      ``SCHEDULE_STEPS``).
+      ``SCHEDULE_STEPS``). The flat buffers of :func:`adam_jax.flat_moments` are described one
+      per parameter, as they are stored.
     """
+    return _fingerprint(params, flat.per_parameter(opt_state, params), config)
+
+
+def _fingerprint(
+    params: PyTree, stored: PyTree, config: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """:func:`checkpoint_fingerprint` of the state as stored (``flat.per_parameter``)."""
     return {
         "format": 2,
         "params": _tree_fingerprint(params),
-        "opt_state": _state_fingerprint(opt_state),
-        "hyperparams": _canonical_records(opt_state),
+        "opt_state": _state_fingerprint(stored),
+        "hyperparams": _canonical_records(stored),
         "config": None if config is None else json.loads(json.dumps(dict(config))),
     }
 
@@ -231,13 +242,14 @@ def save_checkpoint(
         _recover(directory)
         _ckpt_files.check_replaceable(directory, force, "save_checkpoint")
         staging = _ckpt_files.sibling(directory, "new")
-        fingerprint = checkpoint_fingerprint(params, opt_state, config)
+        stored = flat.per_parameter(opt_state, params)  # flat_moments' buffers per parameter
+        fingerprint = _fingerprint(params, stored, config)
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
             checkpointer.save(
                 staging,
                 args=ocp.args.Composite(
                     params=ocp.args.StandardSave(params),
-                    opt_state=ocp.args.StandardSave(_flat(opt_state)),
+                    opt_state=ocp.args.StandardSave(_flat(stored)),
                     optimizer=ocp.args.JsonSave(fingerprint),
                 ),
             )
@@ -444,9 +456,10 @@ def restore_checkpoint(
     abstract_params = _with_default_device(params)
     shardings = state_sharding(tx, abstract_params)
     target = jax.eval_shape(tx.init, abstract_params)
-    treedef = jax.tree.structure(target)
-    walked = list(_walk(target))
-    target_shardings = jax.tree.leaves(shardings)
+    # The state as stored: flat_moments' buffers one per parameter.
+    stored = jax.eval_shape(lambda t: flat.per_parameter(t, abstract_params), target)
+    treedef = jax.tree.structure(stored)
+    walked = list(_walk(stored))
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         saved = checkpointer.restore(
             directory, args=ocp.args.Composite(optimizer=ocp.args.JsonRestore())
@@ -470,7 +483,7 @@ def restore_checkpoint(
         allowed = _check_allow_changes(allow_changes, known)
 
         summary, differences, by_canon = _differences(
-            saved, abstract_params, target, walked, current_records, allowed, config
+            saved, abstract_params, stored, walked, current_records, allowed, config
         )
         # The first lines say what changed: transformations added or removed, else the
         # hyperparameters, else the leaves; the error's .differences has every line.
@@ -492,8 +505,11 @@ def restore_checkpoint(
             )
 
         # Read every saved leaf, each onto the sharding of the leaf it becomes (replicated
-        # for those this run does not use).
-        sharding_of = {canon: target_shardings[i] for i, (_, canon, _, _) in enumerate(walked)}
+        # for those this run does not use, and for parts of flat buffers of several leaves).
+        target_shardings = jax.tree.leaves(shardings)
+        sharding_of = {
+            canon: s for (_, canon, _, _), s in zip(_walk(target), target_shardings, strict=True)
+        }
         fallback = _fallback_sharding(target_shardings)
         abstract_saved = {}
         old_s = saved["opt_state"]
@@ -510,16 +526,18 @@ def restore_checkpoint(
                 opt_state=ocp.args.StandardRestore(abstract_saved),
             ),
         )
-    flat = restored.opt_state
+    read = restored.opt_state
     leaves = []
-    for (path, canon, _, role), sharding in zip(walked, target_shardings, strict=True):
+    for path, canon, _, role in walked:
+        sharding = sharding_of.get(canon, fallback)
         if role in ("record", "inject"):
             leaves.append(jax.device_put(records[path], sharding))
         elif canon in by_canon:
-            leaves.append(flat[f"{by_canon[canon][0]:05d}"])
+            leaves.append(read[f"{by_canon[canon][0]:05d}"])
         else:  # inject_hyperparams or a schedule added on resume: the step count
-            leaves.append(jax.device_put(_step_count(walked, by_canon, flat), sharding))
-    return restored.params, jax.tree.unflatten(treedef, leaves)
+            leaves.append(jax.device_put(_step_count(walked, by_canon, read), sharding))
+    opt_state = jax.tree.unflatten(treedef, leaves)
+    return restored.params, flat.from_per_parameter(opt_state, target, abstract_params, shardings)
 
 
 def _differences(
@@ -585,11 +603,11 @@ def _differences(
     return summary, summary + hyper + differences, by_canon
 
 
-def _step_count(walked: list, by_canon: dict, flat: dict) -> Any:
+def _step_count(walked: list, by_canon: dict, read: dict) -> Any:
     """The step count of the (first) Adam/AdaMax state, as restored."""
     for _, canon, _, role in walked:
         if role == "step" and canon in by_canon:
-            return flat[f"{by_canon[canon][0]:05d}"]
+            return read[f"{by_canon[canon][0]:05d}"]
     return jnp.zeros([], jnp.int32)
 
 

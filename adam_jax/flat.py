@@ -66,39 +66,74 @@ class _Layout(NamedTuple):
     keys: tuple[str, ...]  # the group (dtype name) or, for an own buffer, the leaf's path
     shapes: tuple[tuple[int, ...], ...]
     own: frozenset[str]  # keys that are one leaf in its own shape
+    paths: tuple[str, ...]  # the leaves' paths (``jax.tree_util.keystr``)
 
     @classmethod
     def of(cls, tree: PyTree, max_leaf_size: int | None) -> _Layout:
+        def own(path: str, leaf: Any) -> bool:
+            large = max_leaf_size is not None and math.prod(jnp.shape(leaf)) > max_leaf_size
+            return large or any(a is not None for a in explicit_spec(leaf) or ())
+
+        return cls._build(tree, own)
+
+    @classmethod
+    def of_buffers(cls, buffers: dict[str, Any], params: PyTree) -> _Layout | None:
+        """The layout that put the leaves of ``params`` into ``buffers`` (a leaf whose path is a
+        key has a buffer of its own, the others join their dtype's group), or ``None`` when
+        ``buffers`` do not hold exactly those leaves: a mask around ``flat_moments`` left some
+        out, or a buffer is not one array (8-bit codes and scales)."""
+        layout = cls._build(params, lambda path, leaf: path in buffers)
+        want = layout.buffer_shapes()
+        if buffers.keys() != want.keys() or not all(_is_array(v) for v in buffers.values()):
+            return None
+        return layout if all(tuple(buffers[k].shape) == s for k, s in want.items()) else None
+
+    @classmethod
+    def _build(cls, tree: PyTree, own: Any) -> _Layout:
         with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
-        keys, shapes, own = [], [], set()
+        keys, shapes, owned, paths = [], [], set(), []
         for path, leaf in with_path:
-            shape = tuple(jnp.shape(leaf))
-            large = max_leaf_size is not None and math.prod(shape) > max_leaf_size
-            if large or any(a is not None for a in explicit_spec(leaf) or ()):
-                key = jax.tree_util.keystr(path)
-                own.add(key)
+            name = jax.tree_util.keystr(path)
+            if own(name, leaf):
+                key = name
+                owned.add(key)
             else:
                 key = jnp.dtype(_tree.compute_dtype(jnp.result_type(leaf))).name
             keys.append(key)
-            shapes.append(shape)
-        return cls(treedef, tuple(keys), tuple(shapes), frozenset(own))
+            shapes.append(tuple(jnp.shape(leaf)))
+            paths.append(name)
+        return cls(treedef, tuple(keys), tuple(shapes), frozenset(owned), tuple(paths))
+
+    def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of each buffer: a leaf's own shape, or the total size of the group."""
+        sizes: dict[str, int] = {}
+        for key, shape in zip(self.keys, self.shapes, strict=True):
+            sizes[key] = sizes.get(key, 0) + math.prod(shape)
+        own = dict(zip(self.keys, self.shapes, strict=True))
+        return {k: own[k] if k in self.own else (n,) for k, n in sizes.items()}
 
     def flatten(self, tree: PyTree) -> dict[str, jax.Array]:
         """One buffer per key: the group's leaves raveled and concatenated in tree order."""
+        leaves = self.treedef.flatten_up_to(tree)
+        return self.join(
+            [
+                jnp.asarray(leaf) if key in self.own else jnp.asarray(leaf).astype(key)
+                for key, leaf in zip(self.keys, leaves, strict=True)
+            ]
+        )
+
+    def join(self, leaves: list[Any]) -> dict[str, jax.Array]:
+        """The buffers holding ``leaves`` (one per leaf of the tree, in order), dtypes kept."""
         parts: dict[str, list[jax.Array]] = {}
-        for key, leaf in zip(self.keys, self.treedef.flatten_up_to(tree), strict=True):
-            leaf = jnp.asarray(leaf)
+        for key, leaf in zip(self.keys, leaves, strict=True):
             if key in self.own:
                 parts[key] = [leaf]
             else:
-                parts.setdefault(key, []).append(leaf.astype(key).ravel())
+                parts.setdefault(key, []).append(jnp.ravel(leaf))
         return {k: v[0] if k in self.own else jnp.concatenate(v) for k, v in parts.items()}
 
-    def unflatten(self, flat: dict[str, jax.Array], like: PyTree) -> PyTree:
-        """The tree the buffers stand for, each leaf cast to the dtype of the leaf of ``like``."""
-        # Materialize the flat buffers first: otherwise XLA fuses the whole update math into the
-        # kernel of every slice, one distinct kernel per leaf to compile (measured 3x slower).
-        flat = jax.lax.optimization_barrier(flat)
+    def split(self, flat: dict[str, jax.Array]) -> list[jax.Array]:
+        """Each leaf's part of the buffers, in its own shape and the buffer's dtype."""
         offsets: dict[str, int] = {}
         leaves = []
         for key, shape in zip(self.keys, self.shapes, strict=True):
@@ -109,6 +144,14 @@ class _Layout(NamedTuple):
                 offsets[key] = start + size
                 leaf = jax.lax.slice(flat[key], (start,), (start + size,)).reshape(shape)
             leaves.append(leaf)
+        return leaves
+
+    def unflatten(self, flat: dict[str, jax.Array], like: PyTree) -> PyTree:
+        """The tree the buffers stand for, each leaf cast to the dtype of the leaf of ``like``."""
+        # Materialize the flat buffers first: otherwise XLA fuses the whole update math into the
+        # kernel of every slice, one distinct kernel per leaf to compile (measured 3x slower).
+        flat = jax.lax.optimization_barrier(flat)
+        leaves = self.split(flat)
         return _tree.cast_to_updates(jax.tree.unflatten(self.treedef, leaves), like)
 
 
@@ -262,10 +305,7 @@ def _is_buffer_key(key: Any) -> bool:
 
 def _check_groups(layout: _Layout, inner_state: Any) -> None:
     """Without params, the gradients' dtypes decide the groups: they must be the state's."""
-    is_buffers = lambda x: isinstance(x, dict) and x and all(_is_buffer_key(k) for k in x)
-    have = {
-        frozenset(x) for x in jax.tree.leaves(inner_state, is_leaf=is_buffers) if is_buffers(x)
-    }
+    have = {frozenset(x) for x in _buffer_dicts(inner_state)}
     want = frozenset(layout.keys)
     if have and want not in have:
         (found, *_) = sorted(have, key=sorted)
@@ -276,6 +316,22 @@ def _check_groups(layout: _Layout, inner_state: Any) -> None:
             "parameters with real ones). Pass the parameters to update, which then groups the "
             "gradients as at init: tx.update(grads, state, params)."
         )
+
+
+def _is_buffers(x: Any) -> bool:
+    """A dict of flat buffers: keyed by groups (dtype names) and leaves' paths."""
+    return isinstance(x, dict) and bool(x) and all(_is_buffer_key(k) for k in x)
+
+
+def _buffer_dicts(inner_state: Any) -> list[dict[str, Any]]:
+    """The dicts of flat buffers in ``tx``'s state: one per moment (Adam's ``mu``, ``nu``)."""
+    return [x for x in jax.tree.leaves(inner_state, is_leaf=_is_buffers) if _is_buffers(x)]
+
+
+def _is_array(x: Any) -> bool:
+    """One array (or its ``jax.ShapeDtypeStruct``), not a node of several (8-bit moments)."""
+    leaves = jax.tree.leaves(x)
+    return len(leaves) == 1 and leaves[0] is x and hasattr(x, "shape")
 
 
 def buffer_sharding(key: str, params_shardings: PyTree, replicated: Any) -> Any:
@@ -293,3 +349,63 @@ def buffer_sharding(key: str, params_shardings: PyTree, replicated: Any) -> Any:
     except TypeError:
         return None
     return replicated if is_group else None
+
+
+# Checkpoints store the flat buffers one per parameter, so that a checkpoint does not depend on
+# how the leaves were grouped (max_leaf_size) or sharded (own buffers on Explicit meshes).
+
+
+def _map_buffers(f: Any, state: PyTree, *rest: PyTree) -> PyTree:
+    """``state`` with ``f(buffers, *others)`` in place of every dict of flat buffers in every
+    :class:`FlatMomentsState`; ``rest``: trees of ``state``'s structure down to those dicts."""
+    is_flat = lambda x: isinstance(x, FlatMomentsState)
+
+    def in_flat(node: Any, *others: Any) -> Any:
+        if not is_flat(node):
+            return node
+        return FlatMomentsState(
+            jax.tree.map(
+                lambda b, *o: f(b, *o) if _is_buffers(b) else b,
+                node.inner_state,
+                *(o.inner_state for o in others),
+                is_leaf=_is_buffers,
+            )
+        )
+
+    return jax.tree.map(in_flat, state, *rest, is_leaf=is_flat)
+
+
+def per_parameter(state: PyTree, params: PyTree) -> PyTree:
+    """``state`` with its flat buffers one per parameter: as checkpoints store them.
+
+    Every dict of flat buffers in every :class:`FlatMomentsState` of ``state`` becomes
+    ``{path of a leaf of params: its part of the buffers}``, each part in the leaf's shape and
+    the buffer's dtype, bit for bit: the layout in which every leaf has a buffer of its own,
+    whatever the grouping (``max_leaf_size``) and the shardings were. A dict whose layout cannot
+    be read from ``params`` stays as it is: 8-bit codes (a block spans leaves), and the buffers
+    of some of the parameters only (``optax.masked`` around ``flat_moments``).
+    """
+
+    def one(buffers: dict[str, Any]) -> dict[str, Any]:
+        layout = _Layout.of_buffers(buffers, params)
+        if layout is None:
+            return buffers
+        return dict(zip(layout.paths, layout.split(buffers), strict=True))
+
+    return _map_buffers(one, state)
+
+
+def from_per_parameter(stored: PyTree, target: PyTree, params: PyTree, shardings: PyTree) -> PyTree:
+    """The inverse of :func:`per_parameter` into the layout of ``target`` (the state to restore,
+    e.g. ``jax.eval_shape(tx.init, params)``): each of its dicts of flat buffers is joined from
+    the parts in ``stored`` and put on ``shardings`` (the state's); the rest of ``stored`` is
+    returned as it is."""
+
+    def one(parts: dict[str, Any], like: dict[str, Any], placed: dict[str, Any]) -> dict:
+        layout = _Layout.of_buffers(like, params)
+        if layout is None:
+            return parts
+        joined = layout.join([parts[path] for path in layout.paths])
+        return {k: jax.device_put(v, placed[k]) for k, v in joined.items()}
+
+    return _map_buffers(one, stored, target, shardings)

@@ -6,6 +6,8 @@ message that names the cause and the fix.
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,9 +51,7 @@ def _abstract(params):
 
 MASK = {"w": True, "b": True, "s": False}
 COMPOSITIONS = {
-    "monitor(flat)": lambda: adam_jax.monitor(
-        adam_jax.flat_moments(adam_jax.adam(1e-2)), every=1
-    ),
+    "monitor(flat)": lambda: adam_jax.monitor(adam_jax.flat_moments(adam_jax.adam(1e-2)), every=1),
     "monitor(masked(flat))": lambda: adam_jax.monitor(
         optax.masked(adam_jax.flat_moments(adam_jax.adam(1e-2)), MASK), every=1
     ),
@@ -179,31 +179,120 @@ def test_hyperparameter_records_stay_out_of_the_buffers():
 def test_tree_map_params_reaches_the_flat_moments():
     params = _params()
     tx = adam_jax.flat_moments(adam_jax.adam(1e-2))
-    cast = optax.tree_utils.tree_map_params(
-        tx, lambda p: p.astype(jnp.bfloat16), tx.init(params)
-    )
+    cast = optax.tree_utils.tree_map_params(tx, lambda p: p.astype(jnp.bfloat16), tx.init(params))
     assert cast.inner_state[0].mu["float32"].dtype == jnp.bfloat16
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs checkpoint.py to store flat_moments buffers per parameter (see report)",
-)
-def test_explicit_mesh_checkpoint_restores_on_one_device(tmp_path):
+_HOST = {
+    "w": np.linspace(-1.0, 1.0, 32, dtype=np.float32).reshape(8, 4),
+    "b": np.array([0.1, -0.2, 0.3, -0.4], np.float32),
+    "s": np.float32(0.5),
+}
+
+
+def _on_mesh():
+    """The parameters on an Explicit 4 x 2 mesh: ``w`` split over both axes (a buffer of its own
+    under flat_moments), ``b`` and ``s`` replicated (one group buffer)."""
     mesh = jax.make_mesh((4, 2), ("x", "y"), axis_types=(AxisType.Explicit,) * 2)
-    host = {"w": np.ones((8, 4), np.float32), "b": np.ones((4,), np.float32)}
-    specs = {"w": P("x", "y"), "b": P()}
-    params = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in host.items()}
+    specs = {"w": P("x", "y"), "b": P(), "s": P()}
+    return mesh, {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in _HOST.items()}
+
+
+def _one_device():
+    return {k: jnp.asarray(v) for k, v in _HOST.items()}
+
+
+def _train(tx, p, s, steps, mesh=None):
+    step = _runner(tx)
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        for _ in range(steps):
+            p, s = step(p, s)
+    return p, s
+
+
+def _moment(state, field, params):
+    """A moment as one array per parameter, read off the buffers by hand: a leaf's own buffer,
+    or its slice of the group buffer (leaves in tree order: b, s, w)."""
+    buffers = getattr(state.inner_state[0], field)
+    out, start = {}, 0
+    for name in sorted(params):
+        own = f"[{name!r}]"
+        if own in buffers:
+            out[name] = np.asarray(buffers[own])
+        else:
+            size = int(np.size(params[name]))
+            part = np.asarray(buffers["float32"])[start : start + size]
+            out[name] = part.reshape(np.shape(params[name]))
+            start += size
+    return out
+
+
+def test_explicit_mesh_checkpoint_resumes_bit_identically_on_the_same_mesh(tmp_path):
+    mesh, params = _on_mesh()
     tx = adam_jax.flat_moments(adam_jax.adam(1e-2))
     with jax.set_mesh(mesh):
         state = jax.jit(tx.init)(params)
-        _, state = jax.jit(tx.update)(params, state, params)
-    adam_jax.save_checkpoint(tmp_path / "ckpt", params, state)
-    single = {k: jnp.asarray(v) for k, v in host.items()}
-    _, restored = adam_jax.restore_checkpoint(tmp_path / "ckpt", tx, single)
-    u, _ = tx.update(single, restored, single)
-    reference = adam_jax.adam(1e-2)
-    r_state = reference.update(single, reference.init(single), single)[1]
-    u_ref, _ = reference.update(single, r_state, single)
-    for k in host:
-        np.testing.assert_allclose(np.asarray(u[k]), np.asarray(u_ref[k]), rtol=1e-6)
+    p, s = _train(tx, params, state, 2, mesh)
+    assert set(s.inner_state[0].mu) == {"['w']", "float32"}
+    adam_jax.save_checkpoint(tmp_path / "ckpt", p, s)
+    p_ref, s_ref = _train(tx, p, s, 3, mesh)
+    rp, rs = adam_jax.restore_checkpoint(tmp_path / "ckpt", tx, _abstract(params))
+    assert jax.tree.structure(rs) == jax.tree.structure(s)
+    for a, b in zip(jax.tree.leaves((rp, rs)), jax.tree.leaves((p, s)), strict=True):
+        assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    rp, rs = _train(tx, rp, rs, 3, mesh)
+    for a, b in zip(jax.tree.leaves((rp, rs)), jax.tree.leaves((p_ref, s_ref)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("max_leaf_size", [2**16, None, 0], ids=lambda n: f"max_leaf_size={n}")
+def test_explicit_mesh_checkpoint_restores_on_one_device(tmp_path, max_leaf_size):
+    # Was: CheckpointMismatchError (the sharded leaf's own buffer is in the group on one device).
+    mesh, params = _on_mesh()
+    tx = adam_jax.flat_moments(adam_jax.adam(1e-2))
+    with jax.set_mesh(mesh):
+        state = jax.jit(tx.init)(params)
+    p, s = _train(tx, params, state, 2, mesh)
+    adam_jax.save_checkpoint(tmp_path / "ckpt", p, s)
+    p_ref, s_ref = _train(tx, p, s, 3, mesh)
+
+    single = _one_device()
+    other = adam_jax.flat_moments(adam_jax.adam(1e-2), max_leaf_size=max_leaf_size)
+    rp, rs = adam_jax.restore_checkpoint(tmp_path / "ckpt", other, single)
+    assert jax.tree.structure(rs) == jax.tree.structure(other.init(single))
+    device = jax.devices()[0]
+    assert all(x.sharding.device_set == {device} for x in jax.tree.leaves((rp, rs)))
+    for field in ("mu", "nu"):  # every parameter's moments, bit for bit
+        restored, saved = _moment(rs, field, single), _moment(s, field, single)
+        for name in single:
+            np.testing.assert_array_equal(restored[name], saved[name], err_msg=name)
+    rp, rs = _train(other, rp, rs, 3)  # continues as the run on the mesh, to float32 rounding
+    for a, b in zip(jax.tree.leaves(rp), jax.tree.leaves(p_ref), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    for field in ("mu", "nu"):
+        restored, reference = _moment(rs, field, single), _moment(s_ref, field, single)
+        for name in single:
+            np.testing.assert_allclose(restored[name], reference[name], rtol=1e-6)
+
+
+def test_one_device_checkpoint_restores_on_an_explicit_mesh(tmp_path):
+    single = _one_device()
+    tx = adam_jax.flat_moments(adam_jax.adam(1e-2))
+    p, s = _train(tx, single, tx.init(single), 2)
+    assert set(s.inner_state[0].mu) == {"float32"}
+    adam_jax.save_checkpoint(tmp_path / "ckpt", p, s)
+    mesh, params = _on_mesh()
+    rp, rs = adam_jax.restore_checkpoint(tmp_path / "ckpt", tx, _abstract(params))
+    shardings = adam_jax.state_sharding(tx, params)
+    for leaf, sharding in zip(jax.tree.leaves(rs), jax.tree.leaves(shardings), strict=True):
+        assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
+    assert rs.inner_state[0].mu["['w']"].sharding.is_equivalent_to(params["w"].sharding, 2)
+    for field in ("mu", "nu"):
+        restored, saved = _moment(rs, field, single), _moment(s, field, single)
+        for name in single:
+            np.testing.assert_array_equal(restored[name], saved[name], err_msg=name)
+    rp, rs = _train(tx, rp, rs, 1, mesh)
+    p_ref, _ = _train(tx, p, s, 1)
+    for a, b in zip(jax.tree.leaves(rp), jax.tree.leaves(p_ref), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
