@@ -30,7 +30,9 @@ cost is that leaf's full state on every device (:func:`partition_report` lists s
 models whose dimensions are multiples of the device count there are none). Under
 :func:`adam_jax.flat_moments` each flat buffer is split over ``data`` when its length divides
 evenly; the gradients of its leaves are then all-reduced, not reduce-scattered (the buffer is
-cut after the leaves are concatenated).
+cut after the leaves are concatenated). On a mesh of ``Explicit`` axes, ``flat_moments`` gives
+every leaf whose layout is split a buffer of its own, so its state is grouped otherwise than
+without the wrapper.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import Any, NamedTuple
 
 import jax
 import optax
-from jax.sharding import NamedSharding, PartitionSpec, Sharding
+from jax.sharding import AxisType, NamedSharding, PartitionSpec, Sharding
 
 from adam_jax.flat import FlatMomentsState
 from adam_jax.quantize import QuantizedMoment, block_axis_partition, block_layout
@@ -190,6 +192,11 @@ def _plan(tx: optax.GradientTransformation, params: PyTree, axis: str) -> _Plan:
         else:
             split.append(name)
     grads = jax.tree.unflatten(treedef, specs)
+    if _explicit(mesh):  # the state's structure may follow the layout (flat_moments' own buffers)
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, grads
+        )
+        abstract_state = jax.eval_shape(tx.init, abstract)
 
     def like_param(node: Any, i: int) -> Any:
         if isinstance(node, optax.MaskedNode):
@@ -253,13 +260,16 @@ def _buffers(inner_state: Any) -> set[str]:
 def _flat_layout(node: FlatMomentsState, grads: PyTree, mesh: Any, axis: str) -> FlatMomentsState:
     """Layout of a :func:`adam_jax.flat_moments` state: a leaf's own buffer is laid out as that
     leaf's state; a group buffer (1-D) is split over ``axis`` where its length (and 8-bit blocks)
-    allow; everything else is replicated."""
+    allow (on a mesh of ``Explicit`` axes the split leaves have buffers of their own, and a group
+    buffer, of the leaves kept whole, stays whole); everything else is replicated."""
     by_path = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_leaves_with_path(grads)}
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def buffer(key: str, x: Any) -> Any:
         if key in by_path:
             layout = by_path[key]
+        elif _explicit(mesh):  # the leaves kept whole: flat_moments cannot slice a split buffer
+            layout = replicated
         else:
             shape = tuple((x.codes if isinstance(x, QuantizedMoment) else x).shape)
             sizes = frozenset([x.block_size] if isinstance(x, QuantizedMoment) else [])
@@ -316,12 +326,24 @@ def _is_params_placeholder(params: Any) -> bool:
     return type(params).__name__ == "_ParamsPlaceholder" and not jax.tree.leaves(params)
 
 
+def _explicit(mesh: Any) -> bool:
+    return any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
+
+
+def _place(x: Any, sharding: NamedSharding) -> Any:
+    """``x`` laid out as ``sharding``: a constraint for the partitioner on a mesh of ``Auto``
+    axes; on a mesh with ``Explicit`` axes, where the layout is part of the type, a reshard."""
+    if _explicit(sharding.mesh):
+        return jax.sharding.reshard(x, sharding)
+    return jax.lax.with_sharding_constraint(x, sharding)
+
+
 def _constrain(tree: PyTree, shardings: PyTree) -> PyTree:
     """``tree`` with every leaf constrained to the sharding at its place (``None`` stays)."""
     if tree is None:
         return None
     return jax.tree.map(
-        lambda s, x: jax.lax.with_sharding_constraint(x, s),
+        lambda s, x: _place(x, s) if isinstance(s, NamedSharding) else x,
         shardings,
         tree,
         is_leaf=lambda x: isinstance(x, (Sharding, optax.MaskedNode)) or x is None,
