@@ -124,11 +124,6 @@ def check_nonnegative(name: str, value: Any) -> None:
     check_interval(name, value, 0.0)
 
 
-def check_positive(name: str, value: Any) -> None:
-    """A finite value > 0 (a clipping threshold, a scale)."""
-    check_interval(name, value, 0.0, low_open=True)
-
-
 def check_positive_int(name: str, value: Any) -> None:
     """A Python/NumPy integer >= 1 (a number of steps, a period)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):

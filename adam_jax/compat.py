@@ -74,8 +74,8 @@ _KERAS_NAMES = ("learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay")
 
 
 def _betas(betas: tuple[ArrayLike, ArrayLike]) -> tuple[ArrayLike, ArrayLike]:
-    if len(betas) != 2:
-        raise ValueError(f"betas={betas!r} must be a pair (beta1, beta2).")
+    """PyTorch's ``betas``, checked as a pair of decay rates, unpacked."""
+    _validate.check_decay_pair("betas", betas)
     return betas[0], betas[1]
 
 

@@ -33,7 +33,6 @@ from tests import reference
             "[0, 1)",
         ),
         (_validate.check_nonnegative, [0, 1e-8, 3], [-1e-12, math.inf], "[0, inf)"),
-        (_validate.check_positive, [1e-8, 2], [0.0, -1.0, math.inf], "(0, inf)"),
         (
             lambda n, v: _validate.check_interval(n, v, 0.0, 1.0, low_open=True, high_open=False),
             [1.0, 1e-8],
