@@ -1,0 +1,280 @@
+"""The measured tables of the docs, generated from ``results/`` (and the test suite) at build time.
+
+A page asks for a table with the ``results-table`` directive::
+
+    ```{results-table} bench results/bench/cpu.json
+    ```
+
+and gets the table, followed by one line saying where it came from: the file, the date of the
+measurement and the versions it ran with. Nothing measured is typed into a page, so a page cannot
+drift from its record: re-running the measurement and rebuilding the docs is the whole update.
+
+Kinds of table:
+
+- ``claims-quick``: the claims table of the committed quick run (``results/quick``).
+- ``claims-full``: the claims of every committed full run (``results/full_*``), one table.
+- ``paper-timing``: the wall clock and CPU time of each committed run, from its ``run.json``.
+- ``bench FILE``: a ``adam-jax bench --json`` record (``results/bench/*.json``).
+- ``bench-8bit-rounds FILE``: the per-round compile ratios of an ``adam-jax bench --8bit`` record.
+- ``monitor``: the monitor's cost, from ``results/monitor/cpu-run*.txt``
+  (``benchmarks/monitor_overhead.py``'s output).
+- ``errors``: what a user sees for each bad input (``tests/test_errors.py`` runs every case).
+- ``reliability``: the fault families the suite tries, with the number of cases pytest collects.
+- ``usage COMMAND``: the usage line of an ``adam-jax`` subcommand, from its argument parser.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.application import Sphinx
+from sphinx.util.docutils import SphinxDirective
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _date(stamp: str) -> str:
+    return stamp[:10]
+
+
+def _versions(versions: dict) -> str:
+    return ", ".join(f"{name} {version}" for name, version in versions.items())
+
+
+def _run_provenance(folder: Path) -> str:
+    info = json.loads((folder / "run.json").read_text())
+    sittings = info.get("sittings") or []
+    dates = sorted({_date(s["start"]) for s in sittings if s.get("start")})
+    versions = {k: info[k] for k in ("adam_jax", "jax", "jaxlib", "optax") if info.get(k)}
+    return (
+        f"`{folder.relative_to(REPO).as_posix()}`: `{info['command']}`, "
+        f"{info['mode']} mode, seeds {', '.join(map(str, info['seeds']))}, "
+        f"measured {' and '.join(dates) or 'on an unrecorded date'} on {info['device']} "
+        f"({info.get('cpu_count', '?')} cores), Python {info.get('python', '?')}, "
+        f"{_versions(versions).replace('adam_jax', 'adam-jax')}"
+    )
+
+
+def claims_quick() -> str:
+    from adam_jax.tools.paper import claims
+
+    folder = REPO / "results" / "quick"
+    table = claims.claims_table((folder / "summary.md").read_text())
+    return f"{table}\n\nSource: {_run_provenance(folder)}."
+
+
+def claims_full() -> str:
+    from adam_jax.tools.paper import claims
+
+    rows = [
+        "| figure | claim of the paper | measured (mean ± sd over seeds) | seeds | verdict | run |",
+        "|---|---|---|---|---|---|",
+    ]
+    sources = []
+    for folder in sorted(REPO.glob("results/full_*")):
+        for line in claims.claims_table((folder / "summary.md").read_text()).splitlines():
+            if line.startswith("| Fig"):
+                figure, claim, _rule, measured, seeds, verdict = line[2:-2].split(" | ")
+                run = f"`{folder.relative_to(REPO).as_posix()}`"
+                rows.append(f"| {figure} | {claim} | {measured} | {seeds} | {verdict} | {run} |")
+        sources.append(f"- {_run_provenance(folder)}")
+    return "\n".join(rows) + "\n\nSources:\n\n" + "\n".join(sources)
+
+
+def paper_timing() -> str:
+    rows = [
+        "| run | figures | seeds | training wall clock per figure (s) | CPU s per figure "
+        "| whole run, wall clock | measured | adam-jax, jax |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for folder in [REPO / "results" / "quick", *sorted(REPO.glob("results/full_*"))]:
+        info = json.loads((folder / "run.json").read_text())
+        wall = info.get("figure_seconds", {})
+        cpu = info.get("figure_cpu_seconds", {})
+        dates = sorted({_date(s["start"]) for s in info.get("sittings", []) if s.get("start")})
+        total = info.get("wall_seconds")
+        total_text = f"{total / 60:.1f} min" if total else "not recorded"
+        if len(info.get("sittings", [])) > 1:
+            total_text += f" ({len(info['sittings'])} sittings)"
+        rows.append(
+            f"| `{folder.relative_to(REPO).as_posix()}` | {', '.join(info['figures'])} "
+            f"| {len(info['seeds'])} | {', '.join(f'{k} {v:.0f}' for k, v in wall.items())} "
+            f"| {', '.join(f'{k} {v:.0f}' for k, v in cpu.items()) or 'not recorded'} "
+            f"| {total_text} | {', '.join(dates)} on {info['device']}, {info.get('cpu_count', '?')}"
+            f" cores | {info['adam_jax']}, {info['jax']} |"
+        )
+    return "\n".join(rows)
+
+
+def _bench_record(name: str) -> dict:
+    return json.loads((REPO / name).read_text())
+
+
+def _bench_provenance(name: str, record: dict) -> str:
+    load = record.get("load_average_at_start")
+    load_text = f", load average {load:.1f} at the start" if load is not None else ""
+    return (
+        f"Source: `{name}`, measured {_date(record['date'])} by `{record['command']}` on "
+        f"{record['device_kind']} ({record['backend']}){load_text}; "
+        f"{_versions(record['versions'])}."
+    )
+
+
+def bench(name: str) -> str:
+    from adam_jax.tools import bench as bench_tool
+
+    record = _bench_record(name)
+    if "rows_8bit" in record:
+        table = bench_tool.format_8bit_table([bench_tool.Row8(**r) for r in record["rows_8bit"]])
+    else:
+        table = bench_tool.format_table([bench_tool.Row(**r) for r in record["rows"]])
+    return f"{table}\n\n{_bench_provenance(name, record)}"
+
+
+def bench_8bit_rounds(name: str) -> str:
+    record = _bench_record(name)
+    rounds = record["compile_s_by_round"]
+    ratios = [f"{a / b:.2f}" for a, b in zip(rounds["8bit"], rounds["float32"], strict=True)]
+    return (
+        f"Compile time, 8-bit over float32, round by round: {', '.join(ratios)} "
+        f"(`{name}`, {_date(record['date'])})."
+    )
+
+
+def monitor() -> str:
+    runs = sorted((REPO / "results" / "monitor").glob("cpu-run*.txt"))
+    ratios: dict[tuple[str, str], list[str]] = {}
+    headers = []
+    for run in runs:
+        lines = run.read_text().splitlines()
+        headers.append(f"- `{run.relative_to(REPO).as_posix()}`: {lines[0]}")
+        for line in lines:
+            found = re.match(r"(\S.*?)\s{2,}(train step|update only)\s+\S+\s+(\d+\.\d+)\s+\[", line)
+            if found:
+                ratios.setdefault((found[1], found[2]), []).append(found[3])
+    labels = {
+        "monitor (default)": "`monitor(tx)` (the default)",
+        "monitor every=1": "`every=1`",
+        "monitor every=10": "`every=10`",
+        "monitor every=100": "`every=100`",
+    }
+    table = [
+        f"| variant | training step, median ratio ({len(runs)} runs) | optimizer update alone |",
+        "|---|---|---|",
+    ] + [
+        f"| {label} | {', '.join(ratios[(name, 'train step')])} | "
+        f"{', '.join(ratios[(name, 'update only')])} |"
+        for name, label in labels.items()
+    ]
+    return "\n".join(table) + "\n\nSources (each file's first line):\n\n" + "\n".join(headers)
+
+
+def _tests_module(name: str):
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import importlib
+
+    return importlib.import_module(f"tests.{name}")
+
+
+def errors() -> str:
+    module = _tests_module("test_errors")
+    return (
+        "Set-up:\n\n```python\nimport jax\nimport jax.numpy as jnp\nimport optax\n\n"
+        f"import adam_jax\n\n{module.SETUP.strip()}\n```\n\n{module.markdown_table()}"
+    )
+
+
+_pending: dict[str, Future] = {}
+
+
+def _start_reliability(app: Sphinx) -> None:
+    """Collecting the suite takes a while (pytest imports every test module in a subprocess):
+    start it when the build starts, so that it runs while the other pages are read."""
+    if "reliability" not in _pending:
+        module = _tests_module("test_reliability_table")
+        _pending["reliability"] = ThreadPoolExecutor(1).submit(module.table)
+
+
+def reliability() -> str:
+    if "reliability" not in _pending:
+        return _tests_module("test_reliability_table").table()
+    return _pending.pop("reliability").result()
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    import os
+
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def usage(command: str) -> str:
+    from adam_jax.tools import cli
+
+    out = io.StringIO()
+    with (
+        contextlib.redirect_stdout(out),
+        contextlib.suppress(SystemExit),
+        _environ(COLUMNS="100"),
+    ):
+        cli.build_parser().parse_args([command, "--help"])
+    text = out.getvalue()
+    synopsis = text.split("\n\n", 1)[0]
+    return f"```text\n{synopsis}\n```"
+
+
+GENERATORS = {
+    "claims-quick": claims_quick,
+    "claims-full": claims_full,
+    "paper-timing": paper_timing,
+    "bench": bench,
+    "bench-8bit-rounds": bench_8bit_rounds,
+    "monitor": monitor,
+    "errors": errors,
+    "reliability": reliability,
+    "usage": usage,
+}
+
+
+class ResultsTable(SphinxDirective):
+    """``{results-table} KIND [ARGUMENT]``: the generated Markdown, parsed in place."""
+
+    required_arguments = 1
+    optional_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        kind, *args = self.arguments
+        if kind not in GENERATORS:
+            raise self.error(f"unknown results-table kind {kind!r}; known: {sorted(GENERATORS)}")
+        for arg in args:
+            if (REPO / arg).exists():
+                self.env.note_dependency(str(REPO / arg))
+        markdown = GENERATORS[kind](*args)
+        container = nodes.container(classes=["results-table"])
+        self.state.nested_parse(StringList(markdown.splitlines(), source=self.get_source_info()[0]),
+                                self.content_offset, container)
+        return [container]
+
+
+def setup(app: Sphinx) -> dict:
+    app.add_directive("results-table", ResultsTable)
+    app.connect("builder-inited", _start_reliability)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

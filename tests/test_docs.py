@@ -1,0 +1,345 @@
+"""The documentation site: it builds with warnings as errors, every code example in it runs, and
+the built pages render in a browser with every internal link resolving.
+
+One build and one run of the examples serve every test of this module (module-scoped fixtures,
+started together so that they overlap):
+
+- ``site``: ``sphinx-build -W`` of ``docs/`` into a temporary folder, in a subprocess (Sphinx
+  and its extensions raise deprecation warnings of their own, which this suite makes errors).
+- ``blocks``: every ```python block of the pages in ``docs/`` runs in one interpreter, each
+  block in a fresh namespace and a fresh temporary folder, with eight virtual CPU devices as the
+  docs tell users to set up. A block may not lean on names from another block: a user copies one
+  block at a time. A block that must not run is written as a ```{code-block} python directive.
+  A ``print(...)  # expected`` line must print what its comment says.
+- ``browser``: headless Chromium (Debian's ``chromium`` package) loads every built page from a
+  local HTTP server, in one run, and reports each page's ``h1``, element ids and links. The home
+  page and the API page are also saved as screenshots (into ``$ADAM_JAX_DOCS_SCREENSHOTS`` when
+  set; ``results/docs/screenshots/`` holds the committed ones).
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
+
+pytest.importorskip("sphinx", reason="the docs extra is not installed")
+pytest.importorskip("myst_nb", reason="the docs extra is not installed")
+
+
+def _pages() -> list[Path]:
+    return sorted(
+        p
+        for p in DOCS.rglob("*.md")
+        if "_build" not in p.parts and p.relative_to(DOCS).as_posix() != "README.md"
+    )
+
+
+def _python_blocks() -> list[tuple[str, str]]:
+    """(id, code) of every ```python block: the page's path and the block's position in it."""
+    blocks = []
+    for page in _pages():
+        text = page.read_text()
+        for i, match in enumerate(re.finditer(r"^```python\n(.*?)^```", text, re.M | re.S), 1):
+            blocks.append((f"{page.relative_to(DOCS).with_suffix('').as_posix()}-{i}", match[1]))
+    return blocks
+
+
+BLOCKS = _python_blocks()
+
+# Runs in a fresh interpreter: reads [(id, code)] as JSON from the file in argv[1], runs each block
+# in a fresh namespace and folder, writes {id: {"ok", "stdout", "error"}} as JSON to argv[2].
+_RUNNER = r"""
+import contextlib, io, json, os, sys, tempfile, time, traceback
+with open(sys.argv[1]) as f:
+    blocks = json.load(f)
+results = {}
+for block_id, code in blocks:
+    out, start = io.StringIO(), time.process_time()
+    with tempfile.TemporaryDirectory() as folder:
+        os.chdir(folder)
+        try:
+            with contextlib.redirect_stdout(out):
+                exec(compile(code, block_id, "exec"), {"__name__": "__main__"})
+            results[block_id] = {"ok": True, "stdout": out.getvalue(), "error": ""}
+        except BaseException:
+            results[block_id] = {"ok": False, "stdout": out.getvalue(),
+                                 "error": traceback.format_exc()[-4000:]}
+        os.chdir("/")
+    results[block_id]["cpu_s"] = time.process_time() - start
+with open(sys.argv[2], "w") as f:
+    json.dump(results, f)
+"""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONWARNINGS"] = "ignore::DeprecationWarning"
+    return env
+
+
+@pytest.fixture(scope="module")
+def _started(tmp_path_factory):
+    """Start the examples and the build together; the fixtures below wait for each."""
+    root = tmp_path_factory.mktemp("docs")
+    (root / "blocks-in.json").write_text(json.dumps(BLOCKS))
+    results = root / "blocks.json"
+    runner = subprocess.Popen(
+        [sys.executable, "-c", _RUNNER, str(root / "blocks-in.json"), str(results)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    out = root / "site" / "html"
+    build = subprocess.Popen(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
+        + ["-d", str(root / "site" / "doctrees"), str(DOCS), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+    )
+    yield {"runner": runner, "results": results, "build": build, "out": out, "root": root}
+    for process in (runner, build):
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def site(_started) -> Path:
+    build = _started["build"]
+    log, _ = build.communicate(timeout=900)
+    assert build.returncode == 0, f"sphinx-build -W failed:\n{log[-6000:]}"
+    return _started["out"]
+
+
+@pytest.fixture(scope="module")
+def blocks(_started) -> dict:
+    runner = _started["runner"]
+    _, err = runner.communicate(timeout=900)
+    assert runner.returncode == 0, err[-4000:]
+    return json.loads(_started["results"].read_text())
+
+
+def test_the_docs_have_python_blocks():
+    assert len(BLOCKS) >= 15
+    assert any(block_id.startswith("guides/getting-started") for block_id, _ in BLOCKS)
+
+
+@pytest.mark.parametrize("block_id", [i for i, _ in BLOCKS])
+def test_block_runs(block_id, blocks):
+    result = blocks[block_id]
+    assert result["ok"], result["error"]
+    code = dict(BLOCKS)[block_id]
+    for expected in re.findall(r"^print\(.*\)  # (.+)$", code, re.M):
+        assert expected.strip() in result["stdout"], (expected, result["stdout"])
+
+
+def test_training_example_loss_goes_down(blocks):
+    """The complete example of Getting started prints a loss per epoch that falls every epoch."""
+    (block_id,) = [i for i, code in BLOCKS if "for epoch in range(5)" in code]
+    stdout = blocks[block_id]["stdout"]
+    losses = [float(x) for x in re.findall(r"loss (\d+\.\d+)", stdout)]
+    assert len(losses) == 5, stdout
+    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_site_builds_every_page(site):
+    for page in _pages():
+        name = page.relative_to(DOCS).with_suffix(".html")
+        assert (site / name).is_file(), f"{name} was not built"
+    # the notebooks, rendered from their committed outputs
+    first = (site / "notebooks" / "01_adam_explained.html").read_text()
+    assert "within strict bound at every step: True" in first
+    second = (site / "notebooks" / "02_reproducing_section_6.html").read_text()
+    assert "<img" in second, "notebook 02 rendered without its figures"
+
+
+def test_api_reference_documents_every_public_name(site):
+    import adam_jax
+    import adam_jax.compat
+
+    text = (site / "api.html").read_text()
+    names = [f"adam_jax.{n}" for n in adam_jax.__all__]
+    names += [f"adam_jax.compat.{n}" for n in adam_jax.compat.__all__]
+    names += ["adam_jax.quantize.state_bytes", "adam_jax.quantize.code_values"]
+    missing = [n for n in names if f'id="{n}"' not in text]
+    assert not missing, f"docs/api.md lacks entries for {missing}"
+
+
+def test_generated_tables_show_their_sources(site):
+    """Each measured table is generated from results/ and says when and with what it was
+    measured."""
+    performance = (site / "guides" / "performance.html").read_text()
+    for name in ("cpu.json", "cpu-1000-leaves.json", "cpu-8bit.json", "cpu-8bit-repeat.json"):
+        record = json.loads((REPO / "results" / "bench" / name).read_text())
+        assert f"results/bench/{name}" in performance
+        assert f"measured {record['date'][:10]}" in performance
+        assert f"jax {record['versions']['jax']}" in performance
+    paper = (site / "guides" / "paper.html").read_text()
+    for folder in ["quick", *(p.name for p in sorted((REPO / "results").glob("full_*")))]:
+        info = json.loads((REPO / "results" / folder / "run.json").read_text())
+        assert f"results/{folder}" in paper and f"jax {info['jax']}" in paper
+    assert "--tiny" in paper and "--no-progress" in paper  # the synopsis is the parser's
+    monitor = (site / "guides" / "monitor.html").read_text()
+    for run in sorted((REPO / "results" / "monitor").glob("cpu-run*.txt")):
+        assert f"results/monitor/{run.name}" in monitor
+
+
+# --- the browser ------------------------------------------------------------------------------
+
+_HARNESS = """<!doctype html><html><head><meta charset="utf-8"><title>check</title></head><body>
+<pre id="result"></pre>
+%s
+<script>
+window.addEventListener("load", function () {
+  var pages = {};
+  document.querySelectorAll("iframe").forEach(function (frame) {
+    var doc = frame.contentDocument;
+    var h1 = doc.querySelector("h1");
+    pages[frame.getAttribute("src")] = {
+      h1: h1 ? h1.textContent : null,
+      ids: Array.from(doc.querySelectorAll("[id]")).map(function (e) { return e.id; }),
+      links: Array.from(doc.querySelectorAll("a[href]")).map(function (a) { return a.href; }),
+      text: doc.body ? doc.body.innerText.length : 0
+    };
+  });
+  document.getElementById("result").textContent = JSON.stringify(pages);
+});
+</script></body></html>
+"""
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _chromium_args(profile: Path) -> list[str]:
+    return [
+        "--headless",
+        "--no-sandbox",  # CI runs as root
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+    ]
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    handler = functools.partial(_QuietHandler, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+
+
+def _html_pages(site: Path) -> list[str]:
+    return sorted(
+        p.relative_to(site).as_posix()
+        for p in site.rglob("*.html")
+        if not p.relative_to(site).parts[0].startswith("_")
+        and p.name not in {"genindex.html", "search.html", "_check.html"}
+    )
+
+
+@pytest.fixture(scope="module")
+def browser(site, server, _started):
+    chromium = _chromium()
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium package (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    pages = _html_pages(site)
+    frames = "\n".join(f'<iframe src="{p}" width="1200" height="800"></iframe>' for p in pages)
+    (site / "_check.html").write_text(_HARNESS % frames)
+    profile = _started["root"] / "chromium-profile"
+    result = subprocess.run(
+        [chromium, *_chromium_args(profile), "--virtual-time-budget=30000", "--dump-dom"]
+        + [server + "_check.html"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    found = re.search(r'<pre id="result">(.*?)</pre>', result.stdout, re.S)
+    assert found and found[1], f"chromium reported nothing:\n{result.stderr[-3000:]}"
+    report = json.loads(html.unescape(found[1]))
+    shots = Path(os.environ.get("ADAM_JAX_DOCS_SCREENSHOTS") or _started["root"] / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    for name, page in (("home", "index.html"), ("api", "api.html")):
+        subprocess.run(
+            [chromium, *_chromium_args(profile), "--window-size=1280,1000"]
+            + [f"--screenshot={shots / (name + '.png')}", server + page],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+    return {"pages": pages, "report": report, "server": server, "shots": shots}
+
+
+def test_every_page_renders(browser, site):
+    report = browser["report"]
+    assert set(report) == set(browser["pages"])
+    for page, seen in report.items():
+        source = (site / page).read_text()
+        h1 = re.search(r"<h1[^>]*>(.*?)</h1>", source, re.S)
+        assert h1 and seen["h1"], f"{page} shows no heading"
+        expected = html.unescape(re.sub(r"<[^>]+>", "", h1[1])).replace("#", "").strip()
+        assert seen["h1"].replace("#", "").strip() == expected, page
+        assert seen["text"] > 200, f"{page} rendered almost no text"
+
+
+def test_every_internal_link_resolves(browser, site):
+    report, server = browser["report"], browser["server"]
+    broken = []
+    for page, seen in report.items():
+        for href in seen["links"]:
+            if not href.startswith(server):
+                continue  # an external link: not fetched
+            url = urllib.parse.urlsplit(href)
+            target = urllib.parse.unquote(url.path[len(urllib.parse.urlsplit(server).path) :])
+            target = target or "index.html"
+            if target.endswith("/"):
+                target += "index.html"
+            if not (site / target).exists():
+                broken.append(f"{page}: {href} (no such file)")
+            elif url.fragment and target in report:
+                if urllib.parse.unquote(url.fragment) not in report[target]["ids"]:
+                    broken.append(f"{page}: {href} (no #{url.fragment} there)")
+    assert not broken, "\n".join(broken)
+
+
+def test_screenshots_show_the_pages(browser):
+    from PIL import Image
+
+    for name in ("home", "api"):
+        with Image.open(browser["shots"] / f"{name}.png") as image:
+            assert image.size == (1280, 1000)
+            colors = image.convert("L").getcolors(maxcolors=256 * 256)
+            assert colors is None or len(colors) > 20, f"{name}.png is nearly blank"
