@@ -398,3 +398,16 @@ def test_two_processes_train_a_partitioned_state_like_one_process(tmp_path):
     for k, v in params.items():
         np.testing.assert_allclose(got[k], np.asarray(v), rtol=1e-5, atol=1e-6, err_msg=k)
         assert not np.allclose(got[k], initial[k]), f"{k} did not move"
+
+
+def test_the_guide_example_runs_and_prints_what_it_says(capsys):
+    """The complete example of docs/guides/partitioned-state.md, run in this process (8 devices):
+    each ``print(...)  # expected`` line prints what its comment says."""
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parent.parent / "docs" / "guides" / "partitioned-state.md"
+    section = page.read_text().split("## A complete data-parallel example", 1)[1]
+    code = re.search(r"^```python\n(.*?)^```", section, re.M | re.S)[1]
+    expected = re.findall(r"^print\(.*\)  # (.*)$", code, re.M)
+    exec(compile(code, str(page), "exec"), {"__name__": "guide"})
+    assert capsys.readouterr().out.splitlines() == expected
