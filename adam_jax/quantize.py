@@ -50,15 +50,13 @@ values still round independently. Leaves of the same shape share the numbers, so
 share compiled kernels (see ``_encoded`` in ``quantized_moments``). A positive second moment is
 never rounded to 0, so ``m / (sqrt(v) + eps)`` cannot blow up because of the storage.
 
-**CPU cost.** Measured with ``adam-jax bench --8bit`` (see the README): the work per element sets
-the time on CPU, so the format avoids square roots (an earlier format, companded by powers of the
-code, needed one or two per element, and its step took 2.3-2.6x float32's against 1.5-1.6x for
-this one with the earlier bound pass, with about a quarter of this format's rounding error), the
-per-block inverse scales are computed once per block, the positions for the rounding numbers
-come from iotas along short inner axes, and the block maxima of all of a leaf's moments come from
-one reduction of (max, min) pairs. That reduction decodes and updates the moments once more (on
-CPU each kernel recomputes what it needs): the step costs about 2x float32's, against 1.5x with
-the bound pass (see the README).
+**CPU cost.** On CPU the work per element sets the time, so the format avoids square roots
+(an earlier format, companded by powers of the code, needed one or two per element), the per-block
+inverse scales are computed once per block, the positions for the rounding numbers come from
+iotas along short inner axes, and the block maxima of all of a leaf's moments come from one
+reduction of (max, min) pairs. That reduction decodes and updates the moments once more (on CPU
+each kernel recomputes what it needs). The measured costs, with their dates and versions, are on
+the documentation's performance page (``adam-jax bench --8bit`` measures them).
 
 **Scales** saturate at 2^126: a gradient whose square overflows float32 leaves a finite state,
 and the inverse of every scale is still a normal float32 (a subnormal one is flushed to 0 on CPU).
@@ -196,7 +194,7 @@ def _block_maxes(xs: tuple[jax.Array, ...], block_size: int) -> tuple[jax.Array,
     moments of a leaf are computed from the same gradient, which is then read once.
 
     Each is taken as ``max(max x, -min x)``, a two-output reduction: XLA:CPU runs it about three
-    times as fast as a reduction of ``|x|`` (measured)."""
+    times as fast as a reduction of ``|x|``."""
     shape = tuple(xs[0].shape)
     k, blocks, block = block_layout(shape, block_size)
     lead = shape[: len(shape) - k]
@@ -303,7 +301,7 @@ def _random_bits(positions: jax.Array, hashed: jax.Array, bits: int) -> jax.Arra
 def _positions(shape: tuple[int, ...]) -> jax.Array:
     """Each element's row-major index (int32, wrapping), built from one iota per axis. A long
     single axis is viewed as rows of 128 first: XLA:CPU vectorizes an iota along a short inner
-    axis well and a long one poorly (measured)."""
+    axis well and a long one poorly."""
     if len(shape) == 1 and shape[0] > 128 and shape[0] % 128 == 0:
         return _positions((shape[0] // 128, 128)).reshape(shape)
     index, stride = jnp.zeros(shape, jnp.int32), 1
@@ -367,8 +365,8 @@ def _decode(codes: jax.Array, scales: jax.Array, exponent_bits: int, block_size:
 
 # The per-leaf steps of an update are jitted functions of the leaf, so that a model with many
 # leaves of a few shapes traces and lowers each step once per shape (inside the caller's jit they
-# are inlined again, and XLA fuses them as before). 200 transformer leaves: 5.3 s -> 2.8 s of
-# tracing and lowering (measured, 2 cores).
+# are inlined again, and XLA fuses them as before): a many-leaf model's tracing and lowering take
+# about half as long.
 _decoded = jax.jit(_decode, static_argnums=(2, 3))
 
 
@@ -505,10 +503,9 @@ def quantized_moments(
     Leaves with fewer than ``min_size`` elements (biases, norms) keep float32 moments, exactly
     those of ``tx``, as bitsandbytes does with its ``min_8bit_size`` of the same default: they
     hold a small share of a model's parameters but many of its leaves, and every 8-bit leaf adds
-    its own kernels to compile. In a 200-leaf transformer (112 small leaves, 0.3% of the
-    parameters) this cut the compile time of a jitted step from 5.1-6.0x float32's to 2.7-2.9x,
-    for 0.02 bytes per parameter (``adam-jax bench --8bit`` on a 2-core CPU, two runs: medians of
-    5 rounds, each compile in a fresh process).
+    its own kernels to compile: in a transformer, most leaves are small, and keeping them in
+    float32 costs a small fraction of a byte per parameter while roughly halving the compile
+    time of a jitted step (measured by ``adam-jax bench --8bit``; see the performance page).
 
     Args:
       tx: a transformation containing ``scale_by_adam``/``scale_by_adamax`` state, e.g.
@@ -563,8 +560,8 @@ def quantized_moments(
 
         The random numbers of a moment (see :func:`_random_bits`) are the same for every leaf: a
         per-leaf number would be a different constant in every leaf's kernels, and XLA could no
-        longer compile one kernel for all leaves of a shape (200 transformer leaves compiled in
-        26 s instead of 14 s, measured). Leaves of the same shape then round with the same
+        longer compile one kernel for all leaves of a shape, and a many-leaf model would compile
+        about twice as long. Leaves of the same shape then round with the same
         numbers at a step, which keeps each element's rounding unbiased: the numbers never
         depend on the values they round."""
         changed = (new.count != old.count) | (new.count == np.iinfo(np.int32).max)
