@@ -411,3 +411,32 @@ def test_the_guide_example_runs_and_prints_what_it_says(capsys):
     expected = re.findall(r"^print\(.*\)  # (.*)$", code, re.M)
     exec(compile(code, str(page), "exec"), {"__name__": "guide"})
     assert capsys.readouterr().out.splitlines() == expected
+
+
+def test_bench_counts_bytes_and_collectives_of_both_contenders():
+    """``adam-jax bench --partition``'s measurements, on a small tree: device 0 holds 1/8 of the
+    partitioned state and all of the replicated one; only the partitioned step all-gathers."""
+    from adam_jax.tools import bench_partition
+
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(16, 16)).astype(np.float32), "b": np.zeros(16, np.float32)}
+    rows = bench_partition.bench_case(
+        "tiny",
+        params,
+        lambda p, x: jnp.mean(jnp.tanh(x @ p["w"] + p["b"]) ** 2),
+        rng.normal(size=(16, 16)).astype(np.float32),
+        rounds=1,
+        inner=1,
+    )
+    by = {r.contender: r for r in rows}
+    adam_state = 2 * (16 * 16 + 16) * 4  # m and v, float32
+    assert by["replicated"].state_bytes_device0 - by["partitioned"].state_bytes_device0 == (
+        adam_state * 7 // 8
+    )
+    assert by["replicated"].collectives["all-gather"] == 0
+    assert by["partitioned"].collectives["all-gather"] >= 1
+    assert "| tiny | partitioned |" in bench_partition.format_table(rows)
+    from adam_jax.tools import cli
+
+    args = cli.build_parser().parse_args(["bench", "--partition", "--rounds", "2"])
+    assert args.partition and bench_partition.argv_of(args) == ["--rounds", "2"]

@@ -676,6 +676,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "200), each compile in a fresh process, over min(--rounds, 5) rounds; float32 "
         "parameters, so it takes no --dtype (but float32), --cases, --contenders or --full",
     )
+    _add_partition_argument(parser)
+
+
+def _add_partition_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--partition",
+        action="store_true",
+        help="only compare Adam state partitioned over 8 data-parallel devices "
+        "(adam_jax.partitioned) with replicated state, in train steps of a GPT-2 block and of "
+        "--leaves 32x32 leaves (default 1000): state bytes per device, step time, collectives "
+        "(on a CPU: 8 virtual devices, in a fresh process); takes --rounds, --inner, --json",
+    )
 
 
 def _refusal(args: argparse.Namespace) -> str | None:
@@ -715,6 +727,10 @@ def _refusal(args: argparse.Namespace) -> str | None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "partition", False):
+        from adam_jax.tools import bench_partition
+
+        return bench_partition.main(bench_partition.argv_of(args))
     problem = _refusal(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -204,8 +204,6 @@ def run(rounds: int, inner: int, leaves: int, batch: int, seq: int) -> tuple[lis
     import numpy as np
     import optax
 
-    if jax.device_count() < DEVICES:
-        raise RuntimeError(f"needs {DEVICES} devices, found {jax.device_count()}")
     rng = np.random.default_rng(0)
     rows = bench_case(
         "GPT-2 block (12 leaves, 7.1M)",
@@ -251,9 +249,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
 
 
+def argv_of(args: argparse.Namespace) -> list[str]:
+    """The command line of this module for ``adam-jax bench --partition``'s arguments."""
+    argv = []
+    for name in ("rounds", "inner", "leaves", "json"):
+        value = getattr(args, name, None)
+        if value is not None:
+            argv += [f"--{name}", str(value)]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="adam-jax bench --partition", description=__doc__)
     add_arguments(parser)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     import jax
 
@@ -263,9 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         env["XLA_FLAGS"] = (
             env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
         ).strip()
-        argv = sys.argv[1:] if argv is None else argv
         cmd = [sys.executable, "-m", "adam_jax.tools.bench_partition", *argv]
         return subprocess.call(cmd, env=env)
+    if jax.device_count() < DEVICES:
+        print(
+            f"error: --partition needs {DEVICES} devices, found {jax.device_count()}",
+            file=sys.stderr,
+        )
+        return 2
     rows, about = run(args.rounds, args.inner, args.leaves, args.batch, args.seq)
     print(f"# adam-jax bench --partition: {about['devices']}, jax {about['jax']}, {about['date']}")
     print(format_table(rows))
