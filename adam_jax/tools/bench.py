@@ -686,7 +686,8 @@ def _add_partition_argument(parser: argparse.ArgumentParser) -> None:
         help="only compare Adam state partitioned over 8 data-parallel devices "
         "(adam_jax.partitioned) with replicated state, in train steps of a GPT-2 block and of "
         "--leaves 32x32 leaves (default 1000): state bytes per device, step time, collectives "
-        "(on a CPU: 8 virtual devices, in a fresh process); takes --rounds, --inner, --json",
+        "(on a CPU: 8 virtual devices, in a fresh process); takes --rounds, --inner, --json; "
+        "run by adam_jax.tools.bench_partition",
     )
 
 
@@ -727,10 +728,6 @@ def _refusal(args: argparse.Namespace) -> str | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if getattr(args, "partition", False):
-        from adam_jax.tools import bench_partition
-
-        return bench_partition.main(bench_partition.argv_of(args))
     problem = _refusal(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -25,6 +25,10 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.partition:
+        from adam_jax.tools import bench_partition
+
+        return bench_partition.main(bench_partition.argv_of(args))
     from adam_jax.tools import bench
 
     return bench.main(args)
