@@ -201,7 +201,7 @@ def _plan(tx: optax.GradientTransformation, params: PyTree, axis: str) -> _Plan:
     def like_param(node: Any, i: int) -> Any:
         if isinstance(node, optax.MaskedNode):
             return node
-        layout = jax.tree.leaves(grads)[i]
+        layout = specs[i]
         if isinstance(node, QuantizedMoment):
             scales = _scales_sharding(layout, shapes[i], node.block_size, replicated)
             return dataclasses.replace(node, codes=layout, scales=scales)
