@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import html
 import http.server
+import itertools
 import json
 import os
 import re
@@ -110,8 +111,20 @@ def _started(tmp_path_factory):
     )
     out = root / "site" / "html"
     build = subprocess.Popen(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
-        + ["-d", str(root / "site" / "doctrees"), str(DOCS), str(out)],
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-q",
+            "-b",
+            "html",
+            "-d",
+            str(root / "site" / "doctrees"),
+            str(DOCS),
+            str(out),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -159,7 +172,7 @@ def test_training_example_loss_goes_down(blocks):
     stdout = blocks[block_id]["stdout"]
     losses = [float(x) for x in re.findall(r"loss (\d+\.\d+)", stdout)]
     assert len(losses) == 5, stdout
-    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
+    assert all(b < a for a, b in itertools.pairwise(losses)), losses
     assert losses[-1] < 0.6 * losses[0], losses
 
 
@@ -281,8 +294,13 @@ def browser(site, server, _started):
     (site / "_check.html").write_text(_HARNESS % frames)
     profile = _started["root"] / "chromium-profile"
     result = subprocess.run(
-        [chromium, *_chromium_args(profile), "--virtual-time-budget=30000", "--dump-dom"]
-        + [server + "_check.html"],
+        [
+            chromium,
+            *_chromium_args(profile),
+            "--virtual-time-budget=30000",
+            "--dump-dom",
+            server + "_check.html",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -294,8 +312,13 @@ def browser(site, server, _started):
     shots.mkdir(parents=True, exist_ok=True)
     for name, page in (("home", "index.html"), ("api", "api.html")):
         subprocess.run(
-            [chromium, *_chromium_args(profile), "--window-size=1280,1000"]
-            + [f"--screenshot={shots / (name + '.png')}", server + page],
+            [
+                chromium,
+                *_chromium_args(profile),
+                "--window-size=1280,1000",
+                f"--screenshot={shots / (name + '.png')}",
+                server + page,
+            ],
             capture_output=True,
             timeout=120,
             check=True,

@@ -269,8 +269,11 @@ class ResultsTable(SphinxDirective):
                 self.env.note_dependency(str(REPO / arg))
         markdown = GENERATORS[kind](*args)
         container = nodes.container(classes=["results-table"])
-        self.state.nested_parse(StringList(markdown.splitlines(), source=self.get_source_info()[0]),
-                                self.content_offset, container)
+        self.state.nested_parse(
+            StringList(markdown.splitlines(), source=self.get_source_info()[0]),
+            self.content_offset,
+            container,
+        )
         return [container]
 
 
