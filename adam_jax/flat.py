@@ -174,6 +174,14 @@ def flat_moments(
     complex parameters with real gradients) are grouped by the parameters' dtypes, as at
     ``init``: pass ``params`` to ``update`` then.
 
+    ``optax.tree_utils.tree_map_params(tx, f, state)`` hands ``f`` each flat buffer, the moments
+    of a group's parameters concatenated: ``f`` may change values and dtypes element by element
+    (``lambda m: m.astype(jnp.bfloat16)`` casts every parameter's moments), not shapes (the next
+    ``update`` raises ``ValueError``). Extra trees shaped like the parameters
+    (``tree_map_params(tx, f, state, specs)``) cannot be paired with the buffers: for shardings
+    use :func:`adam_jax.state_sharding`; ``adam_jax.flat.opaque_buffers_init(tx)`` in place of
+    ``tx`` leaves the flat states to ``transform_non_params``.
+
     Args:
       tx: any elementwise transformation or chain, e.g. ``adam_jax.adam(1e-3)``. Transformations
         that choose leaves by their place in the parameter tree (``optax.masked``,
@@ -199,10 +207,10 @@ def flat_moments(
     def init_fn(params: optax.Params) -> FlatMomentsState:
         if _is_params_placeholder(params):
             # optax.tree_utils.tree_map_params probes init with a placeholder for the parameter
-            # tree. tx's own state, so that wrappers (monitor) find the Adam state in it; where
-            # tx holds a tree of the parameters' structure, this state holds flat buffers, so an
-            # opaque leaf stands there instead of the placeholder.
-            return FlatMomentsState(_opaque_placeholders(tx.init(params)))
+            # tree. tx's state over it marks where tx keeps per-parameter state (here: the flat
+            # buffers, which tree_map_params then hands to its function), and wrappers (monitor)
+            # find the Adam state in it.
+            return FlatMomentsState(tx.init(params))
         _tree.check_float_params(params, "flat_moments")
         layout = _Layout.of(params, max_leaf_size)
         inner = tx.init(layout.flatten(params))
@@ -222,14 +230,12 @@ def flat_moments(
         layout = _Layout.of(updates if params is None else params, max_leaf_size)
         if params is None:
             _check_groups(layout, state.inner_state)
+        _check_buffer_shapes(layout, state.inner_state)
         flat_params = None if params is None else layout.flatten(params)
         flat_updates, inner = tx.update(layout.flatten(updates), state.inner_state, flat_params)
         return layout.unflatten(flat_updates, updates), FlatMomentsState(inner)
 
     return optax.GradientTransformation(init_fn, update_fn)
-
-
-_NOT_PARAMS = "flat_moments: no parameter-shaped tree"
 
 
 def _check_max_leaf_size(max_leaf_size: Any) -> int | None:
@@ -251,15 +257,6 @@ def _check_max_leaf_size(max_leaf_size: Any) -> int | None:
 
 def _is_params_placeholder(params: Any) -> bool:
     return type(params).__name__ == "_ParamsPlaceholder" and not jax.tree.leaves(params)
-
-
-def _opaque_placeholders(state: Any) -> Any:
-    """``state`` with every parameter placeholder replaced by an opaque leaf."""
-    return jax.tree.map(
-        lambda x: _NOT_PARAMS if _is_params_placeholder(x) else x,
-        state,
-        is_leaf=_is_params_placeholder,
-    )
 
 
 # States of transformations that choose leaves by their place in the parameter tree: inside
@@ -334,6 +331,24 @@ def _is_array(x: Any) -> bool:
     return len(leaves) == 1 and leaves[0] is x and hasattr(x, "shape")
 
 
+def _check_buffer_shapes(layout: _Layout, inner_state: Any) -> None:
+    """Every buffer in the state has the shape the parameters need (a function given to
+    ``optax.tree_utils.tree_map_params`` reaches the buffers, and must keep their shapes)."""
+    want = layout.buffer_shapes()
+    for buffers in _buffer_dicts(inner_state):
+        for key, value in buffers.items():
+            shape = want.get(key)
+            if shape is not None and _is_array(value) and tuple(value.shape) != shape:
+                raise ValueError(
+                    f"flat_moments: the state's buffer {key!r} has shape {tuple(value.shape)}, "
+                    f"but the parameters need {shape}. If the state went through "
+                    "optax.tree_utils.tree_map_params: inside flat_moments its function gets "
+                    "the flat buffers (the parameters' moments, concatenated), so it may change "
+                    "values and dtypes element by element (a cast such as "
+                    "lambda m: m.astype(jnp.bfloat16)), never shapes."
+                )
+
+
 def buffer_sharding(key: str, params_shardings: PyTree, replicated: Any) -> Any:
     """The sharding of the flat buffer ``key`` for parameters placed as ``params_shardings``: a
     leaf's own buffer (its key is the leaf's path) keeps the leaf's sharding, a group buffer (its
@@ -349,6 +364,19 @@ def buffer_sharding(key: str, params_shardings: PyTree, replicated: Any) -> Any:
     except TypeError:
         return None
     return replicated if is_group else None
+
+
+def opaque_buffers_init(tx: optax.GradientTransformation) -> Any:
+    """``tx.init`` for ``optax.tree_utils.tree_map_params`` with extra trees shaped like the
+    parameters (their shardings, say): the flat buffers are not laid out like the parameters,
+    so each :class:`FlatMomentsState` of the probe's answer is one opaque leaf, and
+    ``tree_map_params`` hands that whole state to ``transform_non_params`` (the caller then lays
+    it out by its buffers' keys, as :func:`adam_jax.state_sharding` does)."""
+    is_flat = lambda x: isinstance(x, FlatMomentsState)
+    opaque = "flat_moments: buffers not laid out like the parameters"
+    return lambda params: jax.tree.map(
+        lambda x: opaque if is_flat(x) else x, tx.init(params), is_leaf=is_flat
+    )
 
 
 # Checkpoints store the flat buffers one per parameter, so that a checkpoint does not depend on

@@ -15,7 +15,7 @@ import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
-from adam_jax.flat import FlatMomentsState, buffer_sharding
+from adam_jax.flat import FlatMomentsState, buffer_sharding, opaque_buffers_init
 from adam_jax.quantize import QuantizedMoment, block_axis_partition, block_layout
 
 PyTree = Any
@@ -108,7 +108,7 @@ def state_sharding(tx: optax.GradientTransformation, params: PyTree) -> PyTree:
     )
     abstract_state = jax.eval_shape(tx.init, abstract)
     result = optax.tree_utils.tree_map_params(
-        tx,
+        opaque_buffers_init(tx),  # flat buffers are laid out below, by their keys
         lambda node, sharding: _like_param(node, sharding, replicated),
         abstract_state,
         shardings,

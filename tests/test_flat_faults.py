@@ -172,15 +172,38 @@ def test_hyperparameter_records_stay_out_of_the_buffers():
     assert adam_jax.flat.buffer_sharding("float32", {}, "replicated") == "replicated"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs sharding.py to keep FlatMomentsState out of tree_map_params (see report)",
-)
 def test_tree_map_params_reaches_the_flat_moments():
+    # Was: the function never reached the flat buffers (float32 moments left as they were).
+    params = _params()
+    for tx in (
+        adam_jax.flat_moments(adam_jax.adam(1e-2)),
+        adam_jax.monitor(optax.masked(adam_jax.flat_moments(adam_jax.adam(1e-2)), MASK)),
+    ):
+        state = tx.update(_params(), tx.init(params), params)[1]
+        cast = optax.tree_utils.tree_map_params(tx, lambda m: m.astype(jnp.bfloat16), state)
+        is_adam = lambda x: isinstance(x, adam_jax.ScaleByAdamState)
+        (adam,) = [x for x in jax.tree.leaves(cast, is_leaf=is_adam) if is_adam(x)]
+        (before,) = [x for x in jax.tree.leaves(state, is_leaf=is_adam) if is_adam(x)]
+        for field in ("mu", "nu"):
+            (buffer,) = getattr(adam, field).values()
+            (original,) = getattr(before, field).values()
+            assert buffer.dtype == jnp.bfloat16
+            np.testing.assert_array_equal(  # the same cast as leaf by leaf
+                np.asarray(buffer, np.float32),
+                np.asarray(original.astype(jnp.bfloat16), np.float32),
+            )
+        assert adam.count.dtype == jnp.int32  # not a parameter: untouched
+        jax.jit(tx.update)(_params(), cast, params)  # and training goes on
+
+
+def test_tree_map_params_that_changes_shapes_is_refused_at_the_next_update():
     params = _params()
     tx = adam_jax.flat_moments(adam_jax.adam(1e-2))
-    cast = optax.tree_utils.tree_map_params(tx, lambda p: p.astype(jnp.bfloat16), tx.init(params))
-    assert cast.inner_state[0].mu["float32"].dtype == jnp.bfloat16
+    cut = optax.tree_utils.tree_map_params(tx, lambda m: m[:1], tx.init(params))
+    with pytest.raises(ValueError, match=r"(?s)buffer 'float32' has shape \(1,\).*need \(16,\)"):
+        tx.update(params, cut, params)
+    with pytest.raises(ValueError, match=r"(?s)tree_map_params.*never shapes"):
+        jax.jit(tx.update)(params, cut, params)
 
 
 _HOST = {
