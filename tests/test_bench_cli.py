@@ -293,41 +293,6 @@ def test_an_error_after_ctrl_c_counts_as_the_interruption(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_readme_bench_tables_are_committed_records_of_this_version():
-    """Every README table marked as generated from a results/bench JSON record is that record's
-    table, and the record was measured by this version (the default run: results/bench/cpu.json;
-    the 1000-leaf run: results/bench/cpu-1000-leaves.json; ``--8bit``: results/bench/cpu-8bit.json
-    and its repeat)."""
-    import re
-    from importlib import metadata
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    readme = (root / "README.md").read_text()
-    marker = re.compile(r"<!-- bench table: generated from (results/bench/[\w.-]+\.json) -->")
-    found = marker.findall(readme)
-    assert set(found) == {
-        "results/bench/cpu.json",
-        "results/bench/cpu-1000-leaves.json",
-        "results/bench/cpu-8bit.json",
-        "results/bench/cpu-8bit-repeat.json",
-    }
-    for name in found:
-        record = json.loads((root / name).read_text())
-        assert record["versions"]["adam-jax"] == metadata.version("adam-jax"), (
-            f"{name} was measured by another adam_jax version: re-run its command "
-            f"({record['command']}) and regenerate the README table"
-        )
-        start = f"<!-- bench table: generated from {name} -->"
-        block = readme[readme.index(start) + len(start) :]
-        block = block[: block.index("<!-- end of bench table -->")]
-        if "rows_8bit" in record:
-            table = bench.format_8bit_table([bench.Row8(**r) for r in record["rows_8bit"]])
-        else:
-            table = bench.format_table([bench.Row(**r) for r in record["rows"]])
-        assert block.strip() == table, name
-
-
 def test_ratios_and_overheads_pair_the_rounds():
     """Per-round differences and ratios, then the median: drift between rounds cancels."""
     times = {"adam": [3.0, 10.0, 5.0], "sgd": [1.0, 2.0, 4.0]}
@@ -361,17 +326,3 @@ def test_ctrl_c_inside_a_gc_callback_is_not_lost(capsys):
     with pytest.raises(KeyboardInterrupt):  # outside a callback it raises at once, as Python does
         interrupt._on_ctrl_c(signal.SIGINT, sys._getframe())
     interrupt._interrupted.clear()
-
-
-def test_readme_quotes_the_8bit_compile_rounds_of_the_records():
-    """The README's per-round compile ratios are those of the committed ``--8bit`` records."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    readme = " ".join((root / "README.md").read_text().split())
-    quoted = []
-    for name in ("cpu-8bit.json", "cpu-8bit-repeat.json"):
-        rounds = json.loads((root / "results/bench" / name).read_text())["compile_s_by_round"]
-        ratios = [f"{a / b:.2f}" for a, b in zip(rounds["8bit"], rounds["float32"], strict=True)]
-        quoted.append(", ".join(ratios[:-1]) + " and " + ratios[-1])
-    assert f"rounds gave {quoted[0]}, then {quoted[1]}," in readme

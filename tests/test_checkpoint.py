@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -225,21 +223,3 @@ def test_allow_changes_resumes_with_a_new_learning_rate(tmp_path):
         params, state = step(params, state)  # the saved state, moments and count as they were
     _assert_bitwise_equal(r_params, params)
     assert int(r_state[0].count) == 4
-
-
-def test_readme_multi_device_recipe(tmp_path, monkeypatch):
-    """The README's "Several devices, one process" block runs as written, and does what it says."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme[readme.index("### Several devices, one process") :]
-    code = section[section.index("```python\n") + len("```python\n") :]
-    code = code[: code.index("```")]
-    monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
-    params, opt_state, mesh = scope["params"], scope["opt_state"], scope["mesh"]
-    for k, spec in scope["specs"].items():
-        assert params[k].sharding.is_equivalent_to(NamedSharding(mesh, spec), params[k].ndim)
-        for moment in (opt_state[0].mu[k], opt_state[0].nu[k]):
-            assert moment.sharding.is_equivalent_to(params[k].sharding, params[k].ndim)
-    assert int(opt_state[0].count) == 50  # restored from the step-50 checkpoint
-    assert (tmp_path / "checkpoints" / "50").is_dir()

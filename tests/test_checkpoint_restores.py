@@ -171,7 +171,7 @@ def test_nnx_optimizer_recipe_saves_and_restores(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)Flax NNX variables.*load_into_nnx"):
         adam_jax.save_checkpoint(tmp_path / "x", nnx.state(model, nnx.Param), nnx.state(optimizer))
 
-    # The recipe (README, and the error above).
+    # The recipe (docs/guides/frameworks.md, and the error above).
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     adam_jax.save_checkpoint(tmp_path / "c", params, nnx.as_pure(optimizer.opt_state))
     model2, optimizer2 = make()

@@ -32,7 +32,7 @@ STATES = {
     ),
     "kahan": lambda: optax.chain(adam_jax.adam(1e-2), adam_jax.kahan_summation()),
 }
-FROZEN_INT = {"masked", "partition"}  # the README's recipes for integer leaves in the tree
+FROZEN_INT = {"masked", "partition"}  # the documented recipes for integer leaves in the tree
 
 
 def _host_params(name):

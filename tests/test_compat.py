@@ -185,7 +185,7 @@ def test_keras_presets_match_keras(case, problem):
     assert gap <= RTOL, f"relative gap {gap:.2e}"
 
 
-# Each row of the README table matters: the naive mapping onto the paper's algorithm (or onto the
+# Each row of the table in docs/guides/presets.md matters: the naive mapping onto the paper's algorithm (or onto the
 # other framework's convention) misses the framework's trajectory by far more than the tolerance.
 NAIVE_CASES = [
     # Keras's epsilon is eps_hat, not Algorithm 1's eps.

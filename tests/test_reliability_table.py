@@ -1,20 +1,18 @@
-"""The README's fault-family table, generated from the test suite itself.
+"""The fault-family table of the docs' Reliability page, generated from the test suite itself.
 
 Each family names the tests that try it; "cases tried" is the number of test cases pytest collects
-for them (parametrizations included), so the README cannot claim more than the suite runs.
-Regenerate with ``python -m tests.test_reliability_table``.
+for them (parametrizations included), so the docs cannot claim more than the suite runs. The docs
+build calls :func:`table`; ``python -m tests.test_reliability_table`` prints it.
 """
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BEGIN, END = "<!-- reliability-table:begin -->", "<!-- reliability-table:end -->"
 
 
 @dataclass(frozen=True)
@@ -203,28 +201,5 @@ def table() -> str:
     return "\n".join(rows)
 
 
-def _readme_table(readme: str) -> str:
-    match = _BLOCK.search(readme)
-    assert match, f"README.md lacks the {BEGIN} ... {END} block"
-    return match.group(1).strip("\n")
-
-
-_BLOCK = re.compile(re.escape(BEGIN) + r"(.*?)" + re.escape(END), re.S)
-
-
-def test_readme_reliability_table_is_generated_from_the_suite():
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert _readme_table(readme) == table(), (
-        "README.md's fault-family table is out of date: regenerate it with "
-        "python -m tests.test_reliability_table"
-    )
-
-
 if __name__ == "__main__":
-    path = REPO_ROOT / "README.md"
-    text = path.read_text()
-    if not _BLOCK.search(text):
-        raise SystemExit(f"add the {BEGIN} and {END} markers to README.md first")
-    new = table()
-    path.write_text(_BLOCK.sub(lambda _: f"{BEGIN}\n{new}\n{END}", text, count=1))
-    print(new)
+    print(table())

@@ -227,7 +227,7 @@ def test_every_public_constructor_rejects_out_of_range_hyperparameters(fn, arg, 
 
 
 # ---------------------------------------------------------------------------------------------
-# _checks: update's arguments, beyond the README table (tests/test_errors.py).
+# _checks: update's arguments, beyond the cases of tests/test_errors.py.
 
 PARAMS = {"layer": {"kernel": jnp.zeros((3, 4)), "bias": jnp.zeros(4)}}
 
