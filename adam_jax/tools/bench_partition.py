@@ -3,11 +3,13 @@
 Data parallelism on 8 devices (on a CPU: ``--xla_force_host_platform_device_count=8`` virtual
 ones, set up in a fresh process when this one has fewer): the batch is split over ``data``, the
 parameters are replicated, and a jitted train step computes the gradients and the Adam update.
-Two contenders per case, compiled first, then timed interleaved round by round:
+Three contenders per case, compiled first, then timed interleaved round by round:
 
 - ``replicated``: ``adam_jax.adam``, its state laid out like the parameters (all of it on every
   device);
-- ``partitioned``: ``adam_jax.partitioned(adam_jax.adam, params)``, the state split over ``data``.
+- ``partitioned``: ``adam_jax.partitioned(adam_jax.adam, params)``, the state split over ``data``;
+- ``partitioned, flat_moments``: the same around ``adam_jax.flat_moments``: the small leaves'
+  state in one flat buffer, split over ``data`` (one collective for many leaves).
 
 Per contender: the state bytes device 0 holds (read from the arrays' addressable shards), the
 median step time and the median of the per-round ratios to ``replicated``, the compile time, and
@@ -135,6 +137,10 @@ def bench_case(name: str, params_host, loss, batch_host, rounds: int, inner: int
     for contender, tx in (
         ("replicated", adam_jax.adam(LR)),
         ("partitioned", adam_jax.partitioned(adam_jax.adam(LR), params)),
+        (
+            "partitioned, flat_moments",
+            adam_jax.partitioned(adam_jax.flat_moments(adam_jax.adam(LR)), params),
+        ),
     ):
 
         def step(p, s, x, tx=tx):
