@@ -19,6 +19,7 @@ Build: ``pip install ".[docs]" && sphinx-build -W -b html docs docs/_build/html`
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -53,19 +54,17 @@ autodoc_default_options = {"members": False, "show-inheritance": False}
 autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
 # Signatures name the aliases the code uses, not their expansions (a union of a dozen types each).
-autodoc_type_aliases = {
-    name: name
-    for name in (
-        "ArrayLike",
-        "DTypeLike",
-        "PyTree",
-        "optax.Params",
-        "optax.Updates",
-        "optax.OptState",
-        "optax.ScalarOrSchedule",
-        "optax.Schedule",
-    )
-}
+_ALIASES = (
+    "ArrayLike",
+    "DTypeLike",
+    "PyTree",
+    "optax.Params",
+    "optax.Updates",
+    "optax.OptState",
+    "optax.ScalarOrSchedule",
+    "optax.Schedule",
+)
+autodoc_type_aliases = {name: name for name in _ALIASES}
 autodoc_member_order = "bysource"
 add_module_names = True
 
@@ -73,3 +72,17 @@ html_theme = "furo"
 html_title = f"adam_jax {release}"
 html_static_path: list[str] = []
 html_show_sourcelink = False
+
+
+def _plain_aliases(app, what, name, obj, options, signature, return_annotation):
+    """An alias inside a union (``DTypeLike | None``) is printed as ``TypeAliasForwardRef('...')``
+    by autodoc: print its name."""
+
+    def plain(text):
+        return re.sub(r"TypeAliasForwardRef\('([^']+)'\)", r"\1", text) if text else text
+
+    return plain(signature), plain(return_annotation)
+
+
+def setup(app):
+    app.connect("autodoc-process-signature", _plain_aliases)
