@@ -51,18 +51,6 @@ def moment_dtype(param_dtype: DTypeLike, override: DTypeLike | None, *, real: bo
     return dtype
 
 
-def check_float_params(params: PyTree, where: str) -> None:
-    """Raise ``TypeError`` naming the first integer/boolean leaf: Adam is for real or complex floats."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.inexact):
-            raise TypeError(
-                f"{where}: parameter leaf {jax.tree_util.keystr(path)} has dtype {dtype}; "
-                "Adam only updates floating-point or complex leaves. Freeze it with "
-                "optax.masked(tx, mask) or send it to optax.set_to_zero() via optax.partition."
-            )
-
-
 def zeros_like(tree: PyTree, dtype_of: Callable[[jnp.dtype], jnp.dtype]) -> PyTree:
     """Zeros shaped and sharded like each leaf of ``tree``, in ``dtype_of(leaf.dtype)``.
 

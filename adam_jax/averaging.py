@@ -58,7 +58,7 @@ def temporal_averaging(
     _validate.check_flag("debias", debias)
 
     def init_fn(params: optax.Params) -> TemporalAveragingState:
-        _tree.check_float_params(params, "temporal_averaging")
+        _checks.check_float_leaves("temporal_averaging", "parameter", params)
         average = _tree.zeros_like(params, lambda d: _tree.moment_dtype(d, None, real=False))
         return TemporalAveragingState(
             count=jnp.zeros([], jnp.int32),

@@ -14,8 +14,8 @@ conventions they encode (every one checked against the installed sources)::
     AdaMax lr default              2e-3                                  1e-3
 
 Two PyTorch conventions cannot be composed from the paper's rules (the AMSGrad maximum of the raw
-``v_t``, AdaMax's eps inside the max); they reach the core through its one private hook each,
-``transforms._scale_by_adam(raw_amsgrad_max=True)`` and ``transforms._scale_by_adamax(eps_in_max=True)``.
+``v_t``, AdaMax's eps inside the max); they are switches of the core transformations,
+``scale_by_adam(raw_amsgrad_max=True)`` and ``scale_by_adamax(eps_in_max=True)``.
 Each preset records its hyperparameters (under the paper's names: ``learning_rate``, ``b1``,
 ``b2``, ``eps``, plus its own switches) in the state, for :func:`adam_jax.monitor` and checkpoints.
 
@@ -109,7 +109,7 @@ def torch_adam(
     ]:
         _validate.check_flag(name, flag)
     decay = _decay(weight_decay, mask)
-    rescaler = transforms._scale_by_adam(
+    rescaler = transforms.scale_by_adam(
         b1=b1,
         b2=b2,
         eps=eps,
@@ -186,7 +186,7 @@ def torch_adamax(
     b1, b2 = _betas(betas)
     _check_common(lr, b1, b2, eps, weight_decay, _TORCH_NAMES)
     _validate.check_flag("maximize", maximize)
-    rescaler = transforms._scale_by_adamax(
+    rescaler = transforms.scale_by_adamax(
         b1=b1,
         b2=b2,
         eps=eps,

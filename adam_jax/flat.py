@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from jax.sharding import AxisType
 
-from adam_jax import _tree
+from adam_jax import _checks, _tree
 
 PyTree = Any
 
@@ -211,7 +211,7 @@ def flat_moments(
             # buffers, which tree_map_params then hands to its function), and wrappers (monitor)
             # find the Adam state in it.
             return FlatMomentsState(tx.init(params))
-        _tree.check_float_params(params, "flat_moments")
+        _checks.check_float_leaves("flat_moments", "parameter", params)
         layout = _Layout.of(params, max_leaf_size)
         inner = tx.init(layout.flatten(params))
         _check_no_leaf_structure(inner)

@@ -35,7 +35,7 @@ def kahan_summation() -> optax.GradientTransformation:
     """
 
     def init_fn(params: optax.Params) -> KahanSummationState:
-        _tree.check_float_params(params, "kahan_summation")
+        _checks.check_float_leaves("kahan_summation", "parameter", params)
         return KahanSummationState(compensation=_tree.zeros_like(params, lambda d: d))
 
     def update_fn(

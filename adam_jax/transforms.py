@@ -55,7 +55,7 @@ def _validate_moments(b1: ArrayLike, b2: ArrayLike, b1_decay: ArrayLike) -> None
 
 def _init_moments(params: optax.Params, mu_dtype, nu_dtype, where: str):
     """Zero moments m_0, v_0 (or u_0) and step count t = 0."""
-    _tree.check_float_params(params, where)
+    _checks.check_float_leaves(where, "parameter", params)
     mu = _tree.zeros_like(params, lambda d: _tree.moment_dtype(d, mu_dtype, real=False))
     nu = _tree.zeros_like(params, lambda d: _tree.moment_dtype(d, nu_dtype, real=True))
     return jnp.zeros([], jnp.int32), mu, nu
@@ -71,6 +71,7 @@ def scale_by_adam(
     bias_correction: bool = True,
     b1_decay: ArrayLike = 1.0,
     amsgrad: bool = False,
+    raw_amsgrad_max: bool = False,
     nesterov: bool = False,
     mu_dtype: DTypeLike | None = None,
     nu_dtype: DTypeLike | None = None,
@@ -104,6 +105,11 @@ def scale_by_adam(
         :math:`1-\beta_1^t` for :math:`\lambda = 1`.
       amsgrad: divide by the running maximum of :math:`\hat v_t` (of :math:`v_t` with
         ``eps_hat``) instead of :math:`\hat v_t` itself (Reddi et al., 2018), as ``optax.amsgrad``.
+      raw_amsgrad_max: with ``amsgrad``, keep the running maximum of the raw :math:`v_t` and
+        debias it at the current step, ``max_{s<=t} v_s / (1 - b2^t)``, as ``torch.optim.Adam``
+        does (the maximum of :math:`\hat v_s` is larger early on). No composition gives it: it
+        equals the ``eps_hat`` form only with an ``eps`` that changes with t. With ``eps_hat``
+        the maximum is of the raw :math:`v_t` anyway, so the switch changes nothing there.
       nesterov: Nesterov momentum (Dozat, 2016), as ``optax.adam(nesterov=True)``:
         ``m_hat = b1_{t+1} m_t / (1 - prod_{i<=t+1} b1_i) + (1 - b1_t) g_t / (1 - prod_{i<=t} b1_i)``.
       mu_dtype: storage dtype of :math:`m_t`; default: the parameter's dtype promoted to at least
@@ -114,45 +120,6 @@ def scale_by_adam(
     Returns:
       An ``optax.GradientTransformation`` whose state is :class:`ScaleByAdamState`; its
       ``hyperparams`` field records these arguments.
-    """
-    return _scale_by_adam(
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        eps_hat=eps_hat,
-        bias_correction=bias_correction,
-        b1_decay=b1_decay,
-        amsgrad=amsgrad,
-        nesterov=nesterov,
-        mu_dtype=mu_dtype,
-        nu_dtype=nu_dtype,
-        raw_amsgrad_max=False,
-    )
-
-
-def _scale_by_adam(
-    *,
-    b1: ArrayLike,
-    b2: ArrayLike,
-    eps: ArrayLike,
-    eps_root: ArrayLike,
-    eps_hat: bool,
-    bias_correction: bool,
-    b1_decay: ArrayLike,
-    amsgrad: bool,
-    nesterov: bool,
-    mu_dtype: DTypeLike | None,
-    nu_dtype: DTypeLike | None,
-    raw_amsgrad_max: bool,
-) -> optax.GradientTransformation:
-    r""":func:`scale_by_adam`, plus one hook for ``adam_jax.compat.torch_adam``.
-
-    ``raw_amsgrad_max``: with ``amsgrad``, keep the running maximum of the raw :math:`v_t` and
-    debias it at the current step, ``v_den = max_{s<=t} v_s / (1 - b2^t)``, as ``torch.optim.Adam``
-    (the maximum of :math:`\hat v_s` is larger early on). No composition gives it: it equals the
-    ``eps_hat`` form only with an ``eps`` that changes with t. With ``eps_hat`` the maximum is of
-    the raw :math:`v_t` anyway, so the switch changes nothing there.
     """
     _validate_moments(b1, b2, b1_decay)
     _validate.check_nonnegative("eps", eps)
@@ -197,39 +164,27 @@ def _scale_by_adam(
         g = updates
         t = _tree.increment(state.count)  # Alg. 1: t <- t + 1
         b1_t = _tree.decay_at(b1, b1_decay, t)  # Thm. 4.1: b1_t = b1 * lambda^(t-1)
-        m = _tree.update_moment(g, state.mu, b1_t, 1)  # Alg. 1: m_t = b1*m + (1-b1)*g
-        v = _tree.update_moment(g, state.nu, b2, 2)  # Alg. 1: v_t = b2*v + (1-b2)*g^2
-        if bias_correction:
-            c1 = _tree.debiasing(b1, t, b1_decay)  # Sec. 3: 1 - prod_{i<=t} b1_i
-            c2 = _tree.debiasing(b2, t)  # Sec. 3: 1 - b2^t
+        m = _tree.update_moment(g, state.mu, b1_t, 1)  # Alg. 1: m_t = b1_t m_{t-1} + (1-b1_t) g_t
+        v = _tree.update_moment(g, state.nu, b2, 2)  # Alg. 1: v_t = b2 v_{t-1} + (1-b2) g_t^2
+        c1 = _tree.debiasing(b1, t, b1_decay) if bias_correction else 1.0  # Sec. 3: 1 - prod b1_i
+        c2 = _tree.debiasing(b2, t) if bias_correction else 1.0  # Sec. 3: 1 - b2^t
+        if nesterov:  # Dozat (2016): m_hat looks one step ahead
+            m_hat = _nesterov_m_hat(m, g, b1_t, c1, t, b1, b1_decay, bias_correction)
         else:
-            c1 = c2 = 1.0
-        m_hat = _tree.debias(m, c1)  # Alg. 1: m_hat = m_t / (1 - b1^t)
-        if nesterov:  # Dozat (2016): look one step ahead with the next step's decay
-            t_next = _tree.increment(t)
-            b1_next = _tree.decay_at(b1, b1_decay, t_next)
-            c1_next = _tree.debiasing(b1, t_next, b1_decay) if bias_correction else c1
-            m_hat = jax.tree.map(
-                lambda mt, gt: b1_next * mt / c1_next + (1 - b1_t) * gt.astype(mt.dtype) / c1, m, g
-            )
-        if eps_hat:  # Sec. 2: alpha_t = alpha*sqrt(1-b2^t)/(1-b1^t), eps_hat beside sqrt(v_t)
-            v_den = _tree.tree_maximum(state.nu_max, v) if amsgrad else v
-            nu_max = v_den
+            m_hat = _tree.debias(m, c1)  # Alg. 1: m_hat = m_t / (1 - b1^t)
+        if eps_hat:  # Sec. 2: the step size carries sqrt(1 - b2^t); eps_hat beside sqrt(v_t)
             scale = jnp.sqrt(c2)
-            direction = jax.tree.map(
-                lambda mh, vd: scale * mh / (_tree.sqrt_plus(vd, eps_root) + eps), m_hat, v_den
-            )
+            m_hat, v_den = jax.tree.map(lambda mh: scale * mh, m_hat), v
         else:
-            v_hat = _tree.debias(v, c2)  # Alg. 1: v_hat = v_t / (1 - b2^t)
-            if amsgrad and raw_amsgrad_max:  # PyTorch: max_{s<=t} v_s / (1 - b2^t)
-                nu_max = _tree.tree_maximum(state.nu_max, v)
-                v_den = _tree.debias(nu_max, c2)
-            else:
-                v_den = _tree.tree_maximum(state.nu_max, v_hat) if amsgrad else v_hat
-                nu_max = v_den
-            direction = jax.tree.map(  # Alg. 1: m_hat / (sqrt(v_hat) + eps)
-                lambda mh, vd: mh / (_tree.sqrt_plus(vd, eps_root) + eps), m_hat, v_den
+            v_den = _tree.debias(v, c2)  # Alg. 1: v_hat = v_t / (1 - b2^t)
+        nu_max = None
+        if amsgrad:  # Reddi et al. (2018): divide by the running maximum
+            v_den, nu_max = _amsgrad_max(
+                state.nu_max, v, v_den, c2, raw_amsgrad_max and not eps_hat
             )
+        direction = jax.tree.map(  # Alg. 1: m_hat / (sqrt(v_hat) + eps)
+            lambda mh, vd: mh / (_tree.sqrt_plus(vd, eps_root) + eps), m_hat, v_den
+        )
         new_state = ScaleByAdamState(
             count=t,
             mu=_tree.cast_like(m, state.mu),
@@ -248,6 +203,28 @@ def _rewrite(found: Hyperparams | None, values: dict) -> Hyperparams | None:
     return None if found is None else {**found, **record(**values)}
 
 
+def _nesterov_m_hat(m, g, b1_t, c1, t, b1, b1_decay, bias_correction: bool):
+    """Dozat's (2016) look-ahead first moment: b1_{t+1} m_t / c1_{t+1} + (1 - b1_t) g_t / c1_t,
+    with c1 the Section 3 correction (1 when it is off)."""
+    t_next = _tree.increment(t)
+    b1_next = _tree.decay_at(b1, b1_decay, t_next)
+    c1_next = _tree.debiasing(b1, t_next, b1_decay) if bias_correction else c1
+    return jax.tree.map(
+        lambda mt, gt: b1_next * mt / c1_next + (1 - b1_t) * gt.astype(mt.dtype) / c1, m, g
+    )
+
+
+def _amsgrad_max(nu_max, v, v_den, c2, raw_max: bool):
+    """AMSGrad's denominator and the maximum to keep: ``max(nu_max, v_den)`` for both, where
+    ``v_den`` is v_hat (or the raw v_t with ``eps_hat``); with ``raw_max`` (PyTorch) the maximum
+    is of the raw v_t and is debiased at the current step."""
+    if raw_max:
+        nu_max = _tree.tree_maximum(nu_max, v)
+        return _tree.debias(nu_max, c2), nu_max
+    v_den = _tree.tree_maximum(nu_max, v_den)
+    return v_den, v_den
+
+
 def scale_by_adamax(
     b1: ArrayLike = 0.9,
     b2: ArrayLike = 0.999,
@@ -255,6 +232,7 @@ def scale_by_adamax(
     *,
     bias_correction: bool = True,
     b1_decay: ArrayLike = 1.0,
+    eps_in_max: bool = False,
     mu_dtype: DTypeLike | None = None,
     nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
@@ -275,41 +253,15 @@ def scale_by_adamax(
         ``u_t`` (see ``adam_jax.compat``).
       bias_correction: divide the first moment by ``1 - b1^t``.
       b1_decay: :math:`\lambda` of Theorem 4.1, as in :func:`scale_by_adam`.
+      eps_in_max: put ``eps`` inside the max, ``u_t = max(b2 * u_{t-1}, |g_t| + eps)`` and
+        ``update = m_hat / u_t`` (the PyTorch and optax convention). No composition gives it:
+        ``eps`` would have to enter the max, which sees only the gradient.
       mu_dtype: storage dtype of ``m_t`` (default: parameter dtype, at least float32).
       nu_dtype: storage dtype of ``u_t`` (same default, real for complex parameters).
 
     Returns:
       An ``optax.GradientTransformation`` whose state is :class:`ScaleByAdamaxState`; its
       ``hyperparams`` field records these arguments.
-    """
-    return _scale_by_adamax(
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        bias_correction=bias_correction,
-        b1_decay=b1_decay,
-        mu_dtype=mu_dtype,
-        nu_dtype=nu_dtype,
-        eps_in_max=False,
-    )
-
-
-def _scale_by_adamax(
-    *,
-    b1: ArrayLike,
-    b2: ArrayLike,
-    eps: ArrayLike,
-    bias_correction: bool,
-    b1_decay: ArrayLike,
-    mu_dtype: DTypeLike | None,
-    nu_dtype: DTypeLike | None,
-    eps_in_max: bool,
-) -> optax.GradientTransformation:
-    """:func:`scale_by_adamax`, plus one hook for ``adam_jax.compat.torch_adamax``.
-
-    ``eps_in_max``: put ``eps`` inside the max, ``u_t = max(b2 * u_{t-1}, |g_t| + eps)`` and
-    ``update = m_hat / u_t`` (the PyTorch and optax convention). No composition gives it: ``eps``
-    would have to enter the max, which sees only the gradient.
     """
     _validate_moments(b1, b2, b1_decay)
     _validate.check_nonnegative("eps", eps)
