@@ -28,8 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
 # Folders the tests read, shipped whole in the sdist (MANIFEST.in).
-TEST_TREE = ["tests", "notebooks", "benchmarks", "results"]
-SKIP_PARTS = {"__pycache__", ".hypothesis", ".pytest_cache"}
+TEST_TREE = ["tests", "notebooks", "benchmarks", "results", "docs", "examples"]
+SKIP_PARTS = {"__pycache__", ".hypothesis", ".pytest_cache", "_build"}
 
 
 @pytest.fixture(scope="module")
