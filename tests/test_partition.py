@@ -93,16 +93,13 @@ def _assert_identical(x, y):
 MASK = {k: k in ("w", "v") for k in SHAPES}
 FMA = 2  # see test_same_updates_as_unpartitioned
 
-# name: (factory, largest difference from the unwrapped run, in ulps of a leaf's largest element)
+# name: (factory, largest difference from the unwrapped run, in ulps of a leaf's largest element).
+# Plain Adam (with AMSGrad) is compared in the checkpoint and FSDP tests; one compat preset stands
+# for all (they are chains of the same transformations). Each case compiles two programs.
 COMPOSITIONS = {
-    "adam-amsgrad-nesterov-bf16": (
-        lambda: adam_jax.adam(1e-2, amsgrad=True, nesterov=True, mu_dtype=jnp.bfloat16),
-        FMA,
-    ),
     "adamw": (lambda: adam_jax.adamw(1e-2, weight_decay=0.1), FMA),
     "adamax": (lambda: adam_jax.adamax(1e-2), FMA),
     "torch_adam-l2-amsgrad": (lambda: compat.torch_adam(1e-2, weight_decay=0.1, amsgrad=True), FMA),
-    "keras_adamax": (lambda: compat.keras_adamax(1e-2), FMA),
     "quantized": (
         lambda: adam_jax.quantized_moments(adam_jax.adam(1e-2), block_size=4, min_size=0),
         FMA,
@@ -198,7 +195,7 @@ def test_each_device_holds_an_eighth_of_the_split_state(name, mesh, params):
     assert {path for path, _ in report.whole} == {f"['{k}']" for k in set(SHAPES) - split}
 
 
-@pytest.mark.parametrize("name", ["adamw", "flat"])
+@pytest.mark.parametrize("name", ["flat"])
 def test_explicit_mesh(name):
     """On a mesh of Explicit axes the layout is part of each array's type: the wrapper reshards."""
     mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Explicit,))
@@ -427,6 +424,7 @@ def test_bench_counts_bytes_and_collectives_of_both_contenders():
         rng.normal(size=(16, 16)).astype(np.float32),
         rounds=1,
         inner=1,
+        contenders=("replicated", "partitioned"),
     )
     by = {r.contender: r for r in rows}
     adam_state = 2 * (16 * 16 + 16) * 4  # m and v, float32

@@ -121,27 +121,35 @@ def _device0_bytes(tree) -> int:
     )
 
 
-def bench_case(name: str, params_host, loss, batch_host, rounds: int, inner: int) -> list[Row]:
+CONTENDERS = ("replicated", "partitioned", "partitioned, flat_moments")
+
+
+def _make_tx(contender: str, params):
+    import adam_jax
+
+    if contender == "replicated":
+        return adam_jax.adam(LR)
+    if contender == "partitioned":
+        return adam_jax.partitioned(adam_jax.adam(LR), params)
+    return adam_jax.partitioned(adam_jax.flat_moments(adam_jax.adam(LR)), params)
+
+
+def bench_case(
+    name: str, params_host, loss, batch_host, rounds: int, inner: int, contenders=CONTENDERS
+) -> list[Row]:
     import jax
     import optax
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    import adam_jax
     from adam_jax.tools.bench import _interleaved_times, _paired
 
     mesh = jax.make_mesh((DEVICES,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     params = jax.device_put(params_host, NamedSharding(mesh, P()))
     batch = jax.device_put(batch_host, NamedSharding(mesh, P("data")))
-    contenders, facts = {}, {}
-    for contender, tx in (
-        ("replicated", adam_jax.adam(LR)),
-        ("partitioned", adam_jax.partitioned(adam_jax.adam(LR), params)),
-        (
-            "partitioned, flat_moments",
-            adam_jax.partitioned(adam_jax.flat_moments(adam_jax.adam(LR)), params),
-        ),
-    ):
+    compiled_steps, facts = {}, {}
+    for contender in contenders:
+        tx = _make_tx(contender, params)
 
         def step(p, s, x, tx=tx):
             u, s = tx.update(jax.grad(loss)(p, x), s, p)
@@ -164,8 +172,8 @@ def bench_case(name: str, params_host, loss, batch_host, rounds: int, inner: int
             box["p"], box["s"] = compiled(box["p"], box["s"], batch)
             jax.block_until_ready(box["p"])
 
-        contenders[contender] = type("C", (), {"run": staticmethod(run)})()
-    times = _interleaved_times(contenders, rounds, inner)
+        compiled_steps[contender] = type("C", (), {"run": staticmethod(run)})()
+    times = _interleaved_times(compiled_steps, rounds, inner)
     rows = []
     for contender in contenders:
         total, dev0, compile_s, collectives = facts[contender]
