@@ -1,8 +1,8 @@
 """The documentation site: it builds with warnings as errors, every code example in it runs, and
 the built pages render in a browser with every internal link resolving.
 
-One build and one run of the examples serve every test of this module (module-scoped fixtures,
-started together so that they overlap):
+One build, one run of the examples and one browser run serve every test of this module, once per
+test run even under pytest-xdist (the first worker makes them, the others wait and read them):
 
 - ``site``: ``sphinx-build -W`` of ``docs/`` into a temporary folder, in a subprocess (Sphinx
   and its extensions raise deprecation warnings of their own, which this suite makes errors).
@@ -19,6 +19,7 @@ started together so that they overlap):
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import html
 import http.server
@@ -96,60 +97,66 @@ def _env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def _started(tmp_path_factory):
-    """Start the examples and the build together; the fixtures below wait for each."""
-    root = tmp_path_factory.mktemp("docs")
+def _produce(root: Path) -> dict:
+    """Run the examples and build the site (together), then look at the site in Chromium."""
     (root / "blocks-in.json").write_text(json.dumps(BLOCKS))
-    results = root / "blocks.json"
     runner = subprocess.Popen(
-        [sys.executable, "-c", _RUNNER, str(root / "blocks-in.json"), str(results)],
+        [sys.executable, "-c", _RUNNER, str(root / "blocks-in.json"), str(root / "blocks.json")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=_env(),
     )
     out = root / "site" / "html"
+    doctrees = root / "site" / "doctrees"
     build = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sphinx",
-            "-W",
-            "--keep-going",
-            "-q",
-            "-b",
-            "html",
-            "-d",
-            str(root / "site" / "doctrees"),
-            str(DOCS),
-            str(out),
-        ],
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "-d"]
+        + [str(path) for path in (doctrees, DOCS, out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=_env(),
     )
-    yield {"runner": runner, "results": results, "build": build, "out": out, "root": root}
-    for process in (runner, build):
-        if process.poll() is None:
-            process.kill()
+    try:
+        log, _ = build.communicate(timeout=900)
+        _, runner_err = runner.communicate(timeout=900)
+    finally:
+        for process in (runner, build):
+            if process.poll() is None:
+                process.kill()
+    made = {"site": str(out), "build_rc": build.returncode, "build_log": log[-6000:]}
+    made["blocks_error"] = "" if runner.returncode == 0 else runner_err[-4000:]
+    made["browser"] = _look(out, root) if build.returncode == 0 else {"error": "no site"}
+    return made
 
 
 @pytest.fixture(scope="module")
-def site(_started) -> Path:
-    build = _started["build"]
-    log, _ = build.communicate(timeout=900)
-    assert build.returncode == 0, f"sphinx-build -W failed:\n{log[-6000:]}"
-    return _started["out"]
+def made(tmp_path_factory) -> dict:
+    """What ``_produce`` made, once per test run: under pytest-xdist the first worker to get here
+    produces it into the run's shared temporary folder, the others wait for it and read it."""
+    root = tmp_path_factory.getbasetemp().parent / "adam_jax_docs"
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        root = tmp_path_factory.mktemp("docs")
+    root.mkdir(exist_ok=True)
+    with open(root.parent / "adam_jax_docs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "made.json").exists():
+            (root / "made.json").write_text(json.dumps(_produce(root)))
+    made = json.loads((root / "made.json").read_text())
+    made["root"] = root
+    return made
 
 
 @pytest.fixture(scope="module")
-def blocks(_started) -> dict:
-    runner = _started["runner"]
-    _, err = runner.communicate(timeout=900)
-    assert runner.returncode == 0, err[-4000:]
-    return json.loads(_started["results"].read_text())
+def site(made) -> Path:
+    assert made["build_rc"] == 0, f"sphinx-build -W failed:\n{made['build_log']}"
+    return Path(made["site"])
+
+
+@pytest.fixture(scope="module")
+def blocks(made) -> dict:
+    assert not made["blocks_error"], made["blocks_error"]
+    return json.loads((made["root"] / "blocks.json").read_text())
 
 
 def test_the_docs_have_python_blocks():
@@ -263,16 +270,6 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def server(site):
-    handler = functools.partial(_QuietHandler, directory=str(site))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-
-
 def _html_pages(site: Path) -> list[str]:
     return sorted(
         p.relative_to(site).as_posix()
@@ -282,48 +279,56 @@ def _html_pages(site: Path) -> list[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def browser(site, server, _started):
+def _look(site: Path, root: Path) -> dict:
+    """Every built page loaded in headless Chromium from a local HTTP server (one run, the pages
+    in frames of one harness page), and screenshots of the home and API pages."""
     chromium = _chromium()
     if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium package (apt-get install -y chromium)")
-        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+        return {"missing": True}
     pages = _html_pages(site)
     frames = "\n".join(f'<iframe src="{p}" width="1200" height="800"></iframe>' for p in pages)
     (site / "_check.html").write_text(_HARNESS % frames)
-    profile = _started["root"] / "chromium-profile"
-    result = subprocess.run(
-        [
-            chromium,
-            *_chromium_args(profile),
-            "--virtual-time-budget=30000",
-            "--dump-dom",
-            server + "_check.html",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    found = re.search(r'<pre id="result">(.*?)</pre>', result.stdout, re.S)
-    assert found and found[1], f"chromium reported nothing:\n{result.stderr[-3000:]}"
-    report = json.loads(html.unescape(found[1]))
-    shots = Path(os.environ.get("ADAM_JAX_DOCS_SCREENSHOTS") or _started["root"] / "screenshots")
+    handler = functools.partial(_QuietHandler, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    server = f"http://127.0.0.1:{httpd.server_address[1]}/"
+    profile = root / "chromium-profile"
+    shots = Path(os.environ.get("ADAM_JAX_DOCS_SCREENSHOTS") or root / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
-    for name, page in (("home", "index.html"), ("api", "api.html")):
-        subprocess.run(
-            [
-                chromium,
-                *_chromium_args(profile),
-                "--window-size=1280,1000",
-                f"--screenshot={shots / (name + '.png')}",
-                server + page,
-            ],
+    try:
+        dump = ["--virtual-time-budget=30000", "--dump-dom", server + "_check.html"]
+        result = subprocess.run(
+            [chromium, *_chromium_args(profile), *dump],
             capture_output=True,
-            timeout=120,
-            check=True,
+            text=True,
+            timeout=300,
         )
-    return {"pages": pages, "report": report, "server": server, "shots": shots}
+        found = re.search(r'<pre id="result">(.*?)</pre>', result.stdout, re.S)
+        if not (found and found[1]):
+            return {"error": f"chromium reported nothing:\n{result.stderr[-3000:]}"}
+        for name, page in (("home", "index.html"), ("api", "api.html")):
+            shot = ["--window-size=1280,1000", f"--screenshot={shots / (name + '.png')}"]
+            subprocess.run(
+                [chromium, *_chromium_args(profile), *shot, server + page],
+                capture_output=True,
+                timeout=120,
+                check=True,
+            )
+    finally:
+        httpd.shutdown()
+    report = json.loads(html.unescape(found[1]))
+    return {"pages": pages, "report": report, "server": server, "shots": str(shots)}
+
+
+@pytest.fixture(scope="module")
+def browser(made, site) -> dict:
+    seen = made["browser"]
+    if seen.get("missing"):
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium package (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    assert "error" not in seen, seen.get("error")
+    return {**seen, "shots": Path(seen["shots"])}
 
 
 def test_every_page_renders(browser, site):

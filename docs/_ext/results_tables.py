@@ -233,7 +233,7 @@ def usage(command: str) -> str:
     with (
         contextlib.redirect_stdout(out),
         contextlib.suppress(SystemExit),
-        _environ(COLUMNS="100"),
+        _environ(COLUMNS="80"),
     ):
         cli.build_parser().parse_args([command, "--help"])
     text = out.getvalue()
