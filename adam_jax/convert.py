@@ -305,7 +305,7 @@ def _moment(src: PyTree, tgt: PyTree, flat_params: Any, where: str) -> PyTree:
     return jax.tree.unflatten(tgt_def, out)
 
 
-# One compiled encoder per shape and format (op by op, the first conversion took 8 s on 2 cores).
+# One compiled encoder per shape and format (op by op, a conversion dispatches every op anew).
 _quantize = jax.jit(quantize.quantize, static_argnames=("block_size", "signed", "exponent_bits"))
 
 
