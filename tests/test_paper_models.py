@@ -136,3 +136,22 @@ def test_dropout_scales_kept_units():
     np.testing.assert_array_equal(
         models.dropout(jax.random.PRNGKey(0), jnp.ones(3), 0.5, False), 1.0
     )
+
+
+def dead_taps(image_shape, x):
+    """Per convolution, the number of its 5x5 taps whose weights get no gradient on ``x``."""
+    model = models.cnn(image_shape, 10, channels=(4, 4, 8), hidden=16)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0))  # one compile, not one per operation
+    loss = jax.jit(jax.grad(model.loss), static_argnums=4)
+    grads = loss(params, jnp.asarray(x), jnp.arange(len(x)) % 10, jax.random.PRNGKey(1), False)
+    return [int(jnp.sum(jnp.abs(grads[f"wc{i}"]).sum((2, 3)) == 0)) for i in range(3)]
+
+
+def test_every_convolution_tap_gets_gradient_on_the_full_runs_images():
+    from adam_jax.tools.paper import data
+
+    ds = data.coloured_digits()
+    assert ds.x.shape[1:] == (3, 32, 32)
+    assert dead_taps((3, 32, 32), ds.x[:4]) == [0, 0, 0]
+    # the 8x8 digits of the quick run: the third convolution sees a 2x2 map, 16 taps are dead
+    assert dead_taps((1, 8, 8), data.digits_as_cifar().x[:4]) == [0, 0, 16]

@@ -8,7 +8,9 @@ import math
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -114,7 +116,8 @@ def test_schedule_skips_adagrad_only():
     fig1 = runner.PANELS[0]
     assert fig1.optimizers == ("adam", "sgd_nesterov", "adagrad", "adagrad_inv_sqrt", "adamax")
     assert [runner.scheduled(fig1, o) for o in fig1.optimizers] == [True, True, False, True, True]
-    assert not runner.scheduled(runner.PANELS[2], "adam")  # Fig. 2: constant alpha
+    fig2 = next(p for p in runner.PANELS if p.panel == "fig2")
+    assert not runner.scheduled(fig2, "adam")  # Fig. 2: constant alpha
 
 
 @pytest.mark.parametrize(
@@ -282,7 +285,7 @@ def test_vae_claims_follow_section_6_4():
     assert best_few.verdict == "no"
 
 
-def fake_train_runs(calls):
+def fake_train_runs(calls, per_epoch=None):
     """A stand-in for train.train_runs_with_steps: final cost (ln lr - ln 0.5)^2 + 1, so the best rate of a
     grid below 0.5 is at its top edge; records the learning rates of each call."""
 
@@ -291,7 +294,10 @@ def fake_train_runs(calls):
         calls.append((tuple(lrs.tolist()), seed))
         final = (np.log(lrs) - np.log(0.5)) ** 2 + 1.0
         losses = np.stack([np.full_like(final, 10.0)] + [final] * epochs, axis=1)
-        return losses, np.zeros((len(lrs), kw.get("step_epochs", 0) * (len(y) // 128)))
+        steps = kw.get("steps_per_epoch") or len(y) // 128
+        if per_epoch is not None:
+            per_epoch.append(steps)
+        return losses, np.zeros((len(lrs), kw.get("step_epochs", 0) * steps))
 
     return train_runs
 
@@ -400,7 +406,7 @@ def test_reproduce_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, mo
     for key in ("adam_jax", "jax", "jaxlib", "optax", "device", "command", "git_commit"):
         assert key in info
     summary = (a / "summary.md").read_text()
-    assert "| Fig. 1 left |" in summary
+    assert "| Fig. 1 left (AdaGrad at a constant α) |" in summary
     assert "standing in for MNIST" in summary and "seeds 0, 1" in summary
     # the summary's verdicts are the ones the claims code computes from the written file
     for c in claims.check(runner.read_csv(a / "results.csv"), 1, 2):
@@ -579,3 +585,63 @@ def test_verdict_seeds_must_differ_from_the_selection_seeds(tmp_path, capsys):
 
 def test_jax_default_precision_untouched():
     assert jnp.zeros(1).dtype == jnp.float32 and not jax.config.jax_enable_x64
+
+
+def test_minibatches_stream_passes_across_paper_length_epochs():
+    # 1,000 examples: 7 minibatches per pass; epochs of 10 iterations cross passes
+    stream = train.Minibatches(jax.random.PRNGKey(0), 1000, 30)
+    order = np.concatenate([stream.chunk(i * 10, 10)[0] for i in range(3)])
+    assert order.shape == (30, 128)
+    for p in range(4):  # each pass a permutation without repeats, 7 x 128 of the 1,000
+        seen = order[p * 7 : (p + 1) * 7].ravel()
+        assert len(set(seen.tolist())) == seen.size
+    one_pass = train.Minibatches(jax.random.PRNGKey(0), 1000, 7).chunk(0, 7)
+    np.testing.assert_array_equal(one_pass[0], order[:7])  # the same stream, however it is cut
+
+
+def test_paper_length_epochs_take_the_given_iterations():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 5)).astype(np.float32)
+    y = rng.integers(0, 3, size=256).astype(np.int32)
+    model = models.logistic_regression(5, 3)
+    ticks = []
+    losses, steps = train.train_runs_with_steps(
+        model, x, y, lambda h: optax.sgd(h["lr"]), {"lr": np.array([0.1])}, 2, seed=0,
+        on_epoch=lambda: ticks.append(1), step_epochs=1, steps_per_epoch=5,
+    )  # fmt: skip
+    assert losses.shape == (1, 3) and steps.shape == (1, 5) and len(ticks) == 2
+
+
+def test_full_mode_epochs_are_the_papers_iterations_and_dropout_is_run_both_ways(monkeypatch):
+    import dataclasses
+
+    calls, per_epoch = [], []
+    monkeypatch.setattr(train, "train_runs_with_steps", fake_train_runs(calls, per_epoch))
+    monkeypatch.setattr(runner, "PAPER_STEPS", {"mnist": 3, "imdb": 5, "cifar10": 7})
+    budget = dataclasses.replace(
+        runner.TINY, paper_steps=True, no_dropout=True, cifar_size=16,
+        epochs={**runner.TINY.epochs, "fig1_imdb_nodrop": 1, "fig3_nodrop": 1},
+    )  # fmt: skip
+    assert [p.panel for p in runner.panels(budget)] == [
+        "fig1_mnist", "fig1_imdb", "fig1_imdb_nodrop", "fig2", "fig3", "fig3_nodrop"
+    ]  # fmt: skip
+    assert [p.panel for p in runner.panels(runner.QUICK)] == [
+        "fig1_mnist",
+        "fig1_imdb",
+        "fig2",
+        "fig3",
+    ]
+    datasets = runner.load_data(["fig3"], budget, None)
+    assert datasets["cifar10"].x.shape[1:] == (3, 16, 16)
+    rows = runner.run(["fig3"], budget, [0, 1], datasets,
+                      runner.Results(Path(tempfile.mkdtemp()) / "r.csv", False), runner.Progress())  # fmt: skip
+    assert set(per_epoch) == {7}
+    # the no-dropout CNN: 3 optimizers, 1 rate, on 1 selection and 2 verdict seeds, 1 epoch of 7
+    assert sum(r["panel"] == "fig3_nodrop_iter" for r in rows) == 3 * 3 * 7
+    model = runner.build_model("fig3_nodrop", datasets["cifar10"], budget)
+    x = jnp.ones((2, 3, 16, 16))
+    params = jax.jit(model.init)(jax.random.PRNGKey(0))
+    train_loss = model.loss(params, x, jnp.zeros(2, jnp.int32), jax.random.PRNGKey(1), True)
+    assert train_loss == model.loss(
+        params, x, jnp.zeros(2, jnp.int32), jax.random.PRNGKey(1), False
+    )

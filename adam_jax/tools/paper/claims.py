@@ -320,14 +320,17 @@ def check(rows: list[dict], few: int, many: int) -> list[Claim]:
                 + "; final cost: " + _costs_text(fin, ("adam", "sgd_nesterov", ada)),
                 st, "a convex problem with a tuned α: the optimizers end close together; " + small,
             ))  # fmt: skip
-    if "fig1_imdb" in panels:
-        c = curves(rows, "fig1_imdb")
+    for panel, tag, dropout in (("fig1_imdb", "", "50% input dropout"),
+                                ("fig1_imdb_nodrop", ", no dropout", "no dropout")):  # fmt: skip
+        if panel not in panels:
+            continue
+        c = curves(rows, panel)
         sp, area, fin = speeds(c), excess_areas(c), final_costs(c)
         for ada, reading in ADAGRAD_READINGS:
             st = [faster(sp, ada, "sgd_nesterov"), as_fast(area, "adam", ada)]
             claims.append(_claim(
-                f"Fig. 1 right ({reading})",
-                "Sparse bag-of-words logistic regression (50% input dropout): AdaGrad beats "
+                f"Fig. 1 right{tag} ({reading})",
+                f"Sparse bag-of-words logistic regression ({dropout}): AdaGrad beats "
                 "SGD-Nesterov, and Adam converges as fast as AdaGrad",
                 f"{FASTER_RULE}: AdaGrad < SGD-Nesterov; Adam's {AS_FAST_RULE} AdaGrad's "
                 f"({SEEDS_RULE})",
@@ -354,30 +357,32 @@ def check(rows: list[dict], few: int, many: int) -> list[Claim]:
             "Adam and RMSProp differ only by momentum and bias correction, which matter little "
             "once α is tuned on a small data set; " + small,
         ))  # fmt: skip
-    if "fig3_iter" in panels:
-        sp = speeds(curves(rows, "fig3_iter"))
-        claims.append(_claim(
-            "Fig. 3 left",
-            "CNN (CIFAR-10), first 3 epochs: Adam and AdaGrad make faster progress than "
-            "SGD-Nesterov",
-            "mean ln minibatch cost over the iterations of the first 3 epochs: Adam < "
-            f"SGD-Nesterov and AdaGrad < SGD-Nesterov ({SEEDS_RULE})",
-            "mean ln cost over the first 3 epochs: "
-            + _costs_text(sp, ("adam", "adagrad", "sgd_nesterov")),
-            [faster(sp, "adam", "sgd_nesterov"), faster(sp, "adagrad", "sgd_nesterov")],
-            "with α tuned on the whole run, SGD-Nesterov's selected α can be large enough to "
-            "drop as fast early on; " + small,
-        ))  # fmt: skip
-    if "fig3" in panels:
-        fin = final_costs(curves(rows, "fig3"))
-        claims.append(_claim(
-            "Fig. 3 right",
-            "CNN (CIFAR-10): at the end Adam and SGD-Nesterov are below AdaGrad",
-            f"last cost: ln(Adam / AdaGrad) < 0 and ln(SGD-Nesterov / AdaGrad) < 0 ({SEEDS_RULE})",
-            "final training cost: " + _costs_text(fin, ("adam", "adagrad", "sgd_nesterov")),
-            [lower(fin, "adam", "adagrad"), lower(fin, "sgd_nesterov", "adagrad")],
-            "AdaGrad's shrinking steps only fall behind over long training; " + small,
-        ))  # fmt: skip
+    for panel, tag in (("fig3", ""), ("fig3_nodrop", ", no dropout")):
+        if f"{panel}_iter" in panels:
+            sp = speeds(curves(rows, f"{panel}_iter"))
+            claims.append(_claim(
+                f"Fig. 3 left{tag}",
+                "CNN (CIFAR-10), first 3 epochs: Adam and AdaGrad make faster progress than "
+                "SGD-Nesterov",
+                "mean ln minibatch cost over the iterations of the first 3 epochs: Adam < "
+                f"SGD-Nesterov and AdaGrad < SGD-Nesterov ({SEEDS_RULE})",
+                "mean ln cost over the first 3 epochs: "
+                + _costs_text(sp, ("adam", "adagrad", "sgd_nesterov")),
+                [faster(sp, "adam", "sgd_nesterov"), faster(sp, "adagrad", "sgd_nesterov")],
+                "with α tuned on the whole run, SGD-Nesterov's selected α can be large enough to "
+                "drop as fast early on; " + small,
+            ))  # fmt: skip
+        if panel in panels:
+            fin = final_costs(curves(rows, panel))
+            claims.append(_claim(
+                f"Fig. 3 right{tag}",
+                "CNN (CIFAR-10): at the end Adam and SGD-Nesterov are below AdaGrad",
+                "last cost: ln(Adam / AdaGrad) < 0 and ln(SGD-Nesterov / AdaGrad) < 0 "
+                f"({SEEDS_RULE})",
+                "final training cost: " + _costs_text(fin, ("adam", "adagrad", "sgd_nesterov")),
+                [lower(fin, "adam", "adagrad"), lower(fin, "sgd_nesterov", "adagrad")],
+                "AdaGrad's shrinking steps only fall behind over long training; " + small,
+            ))  # fmt: skip
     if "fig4" in panels:
         claims += _vae_claims(vae_table(rows, SELECTION), vae_table(rows, VERDICT), few, many)
     return claims

@@ -1,9 +1,10 @@
 """Figures laid out like the paper's Figures 1-4, drawn from the rows of ``results.csv``.
 
-Curves are the mean over seeds of the selected learning rate, with a band from the lowest to the
-highest seed. Axis scales follow the paper's panels: Fig. 1 linear, Figs. 2 and 3 logarithmic,
-Fig. 4 linear against log10(α). Titles name the data actually used; every figure says whether it
-is a quick or full run and how many seeds it averages.
+Curves are the mean over the verdict seeds of the learning rate selected on the selection seeds,
+with a band from the lowest to the highest seed. Training costs are drawn on a logarithmic axis
+(the paper's Fig. 1 is linear, but its linear axis, set by the first epoch's cost, hides the region
+where the curves differ); Fig. 4 is linear against log10(α). Titles name the data actually used;
+a caption under every figure says what was run: quick or full, the seeds, how α was chosen.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FormatStrFormatter
 
 from adam_jax.tools.paper.claims import LABELS
 from adam_jax.tools.paper.runner import VAE_BETA2
@@ -58,7 +61,17 @@ def seed_curves(
     return out
 
 
-def _curves_axis(ax, rows, panel, title, log, x_field="epoch", per_epoch=1):
+def _epoch_label(panel: str, paper: bool) -> str:
+    """The x-axis: epochs of the data used, or of the paper's iterations per epoch (full run)."""
+    if not paper:
+        return "iterations over entire dataset (epochs)"
+    from adam_jax.tools.paper.runner import PANELS, PAPER_STEPS
+
+    dataset = next(p.dataset for p in PANELS if p.panel == panel.removesuffix("_iter"))
+    return f"paper-equivalent epochs ({PAPER_STEPS[dataset]} iterations of 128 each)"
+
+
+def _curves_axis(ax, rows, panel, title, log, x_field="epoch", per_epoch=1, paper=False):
     dataset = next((r["dataset"] for r in rows if r["panel"] == panel), "")
     for opt, (lr, x, losses) in seed_curves(rows, panel, x_field).items():
         color, style = STYLES[opt]
@@ -68,55 +81,88 @@ def _curves_axis(ax, rows, panel, title, log, x_field="epoch", per_epoch=1):
             ax.fill_between(x, losses.min(0), losses.max(0), color=color, alpha=0.18, lw=0)
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel("iterations over entire dataset (epochs)")
+        curves = seed_curves(rows, panel, x_field).values()
+        finite = [v for _, _, ys in curves for v in ys.ravel() if np.isfinite(v) and v > 0]
+        if finite:  # from just below the lowest cost to 1.1x the initial: diverged runs leave
+            start = max(ys[:, 0].max() for _, _, ys in curves)
+            ax.set_ylim(min(finite) * 0.8, 1.1 * start if np.isfinite(start) else max(finite))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.tick_params(axis="y", which="minor", labelsize=6)
+    ax.set_xlabel(_epoch_label(panel, paper), fontsize=8)
     ax.set_ylabel("training cost")
     ax.set_title(f"{data_name(dataset)}\n{title}", fontsize=9)
     ax.legend(fontsize=7)
     return dataset
 
 
-def _save(fig, path: Path, note: str, data_note: str) -> Path:
+CHOSEN = (
+    "Each optimizer's α was chosen on the selection seeds (lowest area under the log-cost "
+    "curve); curves: mean over the verdict seeds, band: lowest to highest seed; the y-axis is "
+    "clipped at 1.1x the initial cost."
+)
+
+
+def _save(fig, path: Path, note: str, data_note: str, chosen: str = CHOSEN) -> Path:
     fig.text(
-        0.5, 0.005, f"{note}; mean over seeds, band: lowest to highest seed. data: {data_note}",
+        0.5, 0.005, f"What was run: {note}. {chosen} Data: {data_note}",
         ha="center", va="bottom", fontsize=7, wrap=True,
     )  # fmt: skip
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def figure1(rows: list[dict], out: Path, note: str) -> Path:
-    """Fig. 1: logistic regression, MNIST-like (left) and bag-of-words (right); linear scale."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+def figure1(rows: list[dict], out: Path, note: str, paper: bool = False) -> Path:
+    """Fig. 1: logistic regression, MNIST-like (left) and bag-of-words (right, and without dropout
+    when it was run); log scale."""
+    nodrop = any(r["panel"] == "fig1_imdb_nodrop" for r in rows)
+    fig, axes = plt.subplots(1, 3 if nodrop else 2, figsize=(16 if nodrop else 11, 4.4))
     d1 = _curves_axis(
-        axes[0], rows, "fig1_mnist", "logistic regression (α/√t, AdaGrad constant α)", log=False
-    )
+        axes[0], rows, "fig1_mnist", "logistic regression, α/√t (AdaGrad also at constant α)",
+        log=True, paper=paper,
+    )  # fmt: skip
     d2 = _curves_axis(
-        axes[1], rows, "fig1_imdb", "bag-of-words logistic regression, 50% dropout", log=False
-    )
+        axes[1], rows, "fig1_imdb", "bag-of-words logistic regression, 50% input dropout",
+        log=True, paper=paper,
+    )  # fmt: skip
+    if nodrop:
+        _curves_axis(axes[2], rows, "fig1_imdb_nodrop", "bag-of-words logistic regression, "
+                     "no dropout", log=True, paper=paper)  # fmt: skip
     fig.suptitle(f"Fig. 1 ({note})", fontsize=10)
     return _save(fig, out / "fig1.png", note, f"left: {d1}; right: {d2}")
 
 
-def figure2(rows: list[dict], out: Path, note: str) -> Path:
+def figure2(rows: list[dict], out: Path, note: str, paper: bool = False) -> Path:
     """Fig. 2a: MLP with dropout on MNIST-like data; log scale."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.6))
-    d = _curves_axis(ax, rows, "fig2", "multilayer neural network + dropout", log=True)
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    d = _curves_axis(ax, rows, "fig2", "multilayer neural network + dropout", log=True,
+                     paper=paper)  # fmt: skip
     fig.suptitle(f"Fig. 2a ({note})", fontsize=10)
     return _save(fig, out / "fig2.png", note, d)
 
 
-def figure3(rows: list[dict], out: Path, note: str, early_epochs: int) -> Path:
+def figure3(rows: list[dict], out: Path, note: str, early_epochs: int, paper: bool = False) -> Path:
     """Fig. 3: CNN; left the minibatch cost at every iteration of the first ``early_epochs``
-    epochs, right the training cost after every epoch; both log scale."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    steps = max((int(r["iteration"]) for r in rows if r["panel"] == "fig3_iter"), default=1)
-    d = _curves_axis(
-        axes[0], rows, "fig3_iter", f"ConvNet, first {early_epochs} epochs (cost per iteration)",
-        log=True, x_field="iteration", per_epoch=max(1, steps // max(1, early_epochs)),
-    )  # fmt: skip
-    _curves_axis(axes[1], rows, "fig3", "ConvNet, all epochs", log=True)
+    epochs, right the training cost after every epoch; both log scale. A second row without
+    dropout when it was run."""
+    variants = [("fig3", "+ dropout")]
+    if any(r["panel"] == "fig3_nodrop" for r in rows):
+        variants.append(("fig3_nodrop", "no dropout"))
+    fig, axes = plt.subplots(len(variants), 2, figsize=(11, 4.4 * len(variants)), squeeze=False)
+    d = ""
+    for row, (panel, what) in enumerate(variants):
+        it = f"{panel}_iter"
+        steps = max((int(r["iteration"]) for r in rows if r["panel"] == it), default=1)
+        d = _curves_axis(
+            axes[row, 0], rows, it,
+            f"ConvNet {what}, first {early_epochs} epochs (cost per iteration)",
+            log=True, x_field="iteration", per_epoch=max(1, steps // max(1, early_epochs)),
+            paper=paper,
+        ) or d  # fmt: skip
+        _curves_axis(axes[row, 1], rows, panel, f"ConvNet {what}, all epochs", log=True,
+                     paper=paper)  # fmt: skip
     fig.suptitle(f"Fig. 3 ({note})", fontsize=10)
     return _save(fig, out / "fig3.png", note, d)
 
@@ -141,7 +187,9 @@ def vae_losses(
     return out
 
 
-def figure4(rows: list[dict], out: Path, note: str, few: int, many: int) -> Path:
+def figure4(
+    rows: list[dict], out: Path, note: str, few: int, many: int, paper: bool = False
+) -> Path:
     """Fig. 4: VAE loss vs log10(alpha); columns beta2, rows after ``few`` / ``many`` epochs;
     red = with bias correction, green = without; solid beta1 = 0.9, dashed beta1 = 0."""
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.8), sharex=True)
@@ -161,18 +209,26 @@ def figure4(rows: list[dict], out: Path, note: str, few: int, many: int) -> Path
                         continue
                     x, ys = curves[(bc, b1, b2)]
                     ys = np.where(np.isfinite(ys), np.minimum(ys, top), top)  # diverged: at top
-                    label = f"{'with' if bc else 'no'} bias corr., β1={b1}"
-                    ax.plot(x, ys.mean(0), style, color=color, marker="o", ms=3, label=label)
+                    ax.plot(x, ys.mean(0), style, color=color, marker="o", ms=3)
                     if len(ys) > 1:
                         ax.fill_between(x, ys.min(0), ys.max(0), color=color, alpha=0.15, lw=0)
             ax.set_ylim(bottom, top)
-            ax.set_title(f"β2={b2}, after {epoch} epochs", fontsize=9)
+            what = "paper-equivalent epochs" if paper else "epochs"
+            ax.set_title(f"β2={b2}, after {epoch} {what}", fontsize=9)
             ax.set_xlabel("log10(α)")
             if j == 0:
                 ax.set_ylabel("loss (negative ELBO)")
-    axes[0, 0].legend(fontsize=7)
+    handles = [
+        Line2D([], [], color="tab:red", marker="o", ms=3, label="with bias correction (Adam)"),
+        Line2D([], [], color="tab:green", marker="o", ms=3, label="without (RMSProp + momentum)"),
+        Line2D([], [], color="black", ls="-", label="β1 = 0.9 (solid)"),
+        Line2D([], [], color="black", ls="--", label="β1 = 0 (dashed)"),
+    ]
+    axes[0, 0].legend(handles=handles, fontsize=7)
     fig.suptitle(f"Fig. 4: VAE on {data_name(data_note)} ({note})", fontsize=10)
     return _save(
         fig, out / "fig4.png", note,
         data_note + "; losses above twice the median, and diverged runs, drawn at the top edge",
+        "Every (β1, β2, α) of the paper's grid, with and without bias correction: the mean over "
+        "the verdict seeds, band: lowest to highest seed.",
     )  # fmt: skip

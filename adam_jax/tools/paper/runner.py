@@ -80,19 +80,29 @@ class Budget:
     cnn_channels: tuple[int, int, int] = (64, 64, 128)
     cnn_hidden: int = 1000
     max_examples: int | None = None  # cap on training examples per dataset
+    paper_steps: bool = False  # epochs of the paper's iterations (PAPER_STEPS), not of the data's
+    cifar_size: int = 8  # the CIFAR-10 stand-in's images: 8 the digits, more up-sampled, coloured
+    no_dropout: bool = False  # also run Fig. 1 right and Fig. 3 without dropout
     imdb_docs: int = 2000  # documents in the generated bag-of-words corpus
     imdb_vocab: int = data_lib.VOCAB  # its words (see data.zipf_corpus for the calibration)
 
 
 FULL = Budget(
     "full",
-    {"fig1_mnist": 45, "fig1_imdb": 45, "fig2": 100, "fig3": 45, "fig3_early": 3,
-     "fig4_few": 10, "fig4_many": 100},
+    {"fig1_mnist": 45, "fig1_imdb": 45, "fig1_imdb_nodrop": 45, "fig2": 100, "fig3": 45,
+     "fig3_nodrop": 45, "fig3_early": 3, "fig4_few": 10, "fig4_many": 100},
     FULL_GRIDS,
     seeds=5,
     selection_seeds=3,
     imdb_docs=25_000,
+    paper_steps=True,
+    cifar_size=32,
+    no_dropout=True,
 )  # fmt: skip
+# The paper's iterations per epoch: minibatches of 128 over MNIST's 60,000 images, IMDB's 25,000
+# reviews and CIFAR-10's 50,000 images (rounded up). A full run's "epoch" is this many iterations
+# on whatever data it uses: on the 1,797 digits one MNIST epoch is 33.5 passes.
+PAPER_STEPS = {"mnist": 469, "imdb": 196, "cifar10": 391}
 QUICK = Budget(
     "quick",
     {"fig1_mnist": 15, "fig1_imdb": 10, "fig2": 8, "fig3": 6, "fig3_early": 3,
@@ -166,6 +176,7 @@ class Panel:
     dataset: str
     optimizers: tuple[str, ...]
     schedule: bool = False
+    dropout: bool = True  # False: the paper's curves without dropout (full run only)
 
 
 PANELS = (
@@ -173,32 +184,36 @@ PANELS = (
           ("adam", "sgd_nesterov", "adagrad", "adagrad_inv_sqrt", "adamax"), True),
     Panel("fig1", "fig1_imdb", "imdb",
           ("adam", "adagrad", "adagrad_inv_sqrt", "rmsprop", "sgd_nesterov", "adamax"), True),
+    Panel("fig1", "fig1_imdb_nodrop", "imdb",
+          ("adam", "adagrad", "adagrad_inv_sqrt", "rmsprop", "sgd_nesterov"), True, dropout=False),
     Panel("fig2", "fig2", "mnist", ("adam", "adagrad", "rmsprop", "rmsprop_eps_in_sqrt",
                                     "sgd_nesterov", "adadelta", "adamax")),
     Panel("fig3", "fig3", "cifar10", ("adam", "adagrad", "sgd_nesterov", "adamax")),
+    Panel("fig3", "fig3_nodrop", "cifar10", ("adam", "adagrad", "sgd_nesterov"), dropout=False),
 )  # fmt: skip
+
+
+def panels(budget: Budget) -> tuple[Panel, ...]:
+    """The curve panels ``budget`` runs (those without dropout only when it says so)."""
+    return tuple(p for p in PANELS if p.dropout or budget.no_dropout)
 
 
 def build_model(panel: str, ds: data_lib.Dataset, budget: Budget) -> models.Model:
     """The model of a panel for dataset ``ds`` (input size taken from the data)."""
     if panel == "fig1_mnist":
         return models.logistic_regression(ds.x.shape[1], ds.num_classes, weight_decay=1e-4)
-    if panel == "fig1_imdb":
-        return models.logistic_regression(ds.x.shape[1], 2, weight_decay=1e-4, input_dropout=0.5)
+    if panel in ("fig1_imdb", "fig1_imdb_nodrop"):
+        rate = 0.5 if panel == "fig1_imdb" else 0.0
+        return models.logistic_regression(ds.x.shape[1], 2, weight_decay=1e-4, input_dropout=rate)
     if panel == "fig2":
         return models.mlp(ds.x.shape[1], ds.num_classes)
-    if panel == "fig3":
-        return models.cnn(ds.x.shape[1:], ds.num_classes, budget.cnn_channels, budget.cnn_hidden)
+    if panel in ("fig3", "fig3_nodrop"):
+        rates = (0.2, 0.5) if panel == "fig3" else (0.0, 0.0)
+        return models.cnn(ds.x.shape[1:], ds.num_classes, budget.cnn_channels, budget.cnn_hidden,
+                          *rates)  # fmt: skip
     if panel == "fig4":
         return models.vae(ds.x.shape[1])
     raise ValueError(f"unknown panel {panel!r}")
-
-
-def panels_for(figures: Iterable[str]) -> list[str]:
-    """Panel names (fig4 is one panel) needed by ``figures``, in order."""
-    wanted = set(figures)
-    names = [p.panel for p in PANELS if p.figure in wanted]
-    return names + (["fig4"] if "fig4" in wanted else [])
 
 
 def datasets_for(figures: Iterable[str]) -> list[str]:
@@ -245,7 +260,7 @@ def work_units(figures: Iterable[str], budget: Budget, seeds: int = 1) -> int:
     (on ``seeds`` verdict seeds) need: the progress bar's total; grid extensions add to it as they
     happen."""
     total = 0
-    for p in PANELS:
+    for p in panels(budget):
         if p.figure in set(figures):
             grids = sum(len(grid_for(o, budget, scheduled(p, o))) for o in p.optimizers)
             total += (grids * budget.selection_seeds + len(p.optimizers) * seeds) * (
@@ -370,7 +385,8 @@ def run_panel(
     model = build_model(panel.panel, ds, budget)
     epochs = budget.epochs[panel.panel]
     step_epochs = budget.epochs["fig3_early"] if panel.figure == "fig3" else 0
-    vectorize = panel.panel != "fig3"
+    vectorize = panel.figure != "fig3"
+    per_epoch = PAPER_STEPS[ds.name] if budget.paper_steps else None
     chosen_on = selection_seeds(budget)
     rows = []
     for opt in panel.optimizers:
@@ -388,9 +404,9 @@ def run_panel(
             losses, step_losses = train.train_runs_with_steps(
                 model, ds.x, ds.y, make_optimizer(opt, sched), {"lr": lr_arr}, epochs, seed,
                 on_epoch=functools.partial(progress.update, len(lrs) if vectorize else 1),
-                vectorize=vectorize, step_epochs=step_epochs,
+                vectorize=vectorize, step_epochs=step_epochs, steps_per_epoch=per_epoch,
             )  # fmt: skip
-            steps = len(ds.y) // train.BATCH_SIZE
+            steps = per_epoch or len(ds.y) // train.BATCH_SIZE
             new = []
             for r, lr in enumerate(lrs):
                 base = {
@@ -400,7 +416,7 @@ def run_panel(
                     "stage": stage, "selected": int(stage == claims.VERDICT),
                 }  # fmt: skip
                 for i, loss in enumerate(step_losses[r]):
-                    new.append({**base, "panel": "fig3_iter", "epoch": i // steps + 1,
+                    new.append({**base, "panel": f"{panel.panel}_iter", "epoch": i // steps + 1,
                                 "iteration": i + 1, "loss": repr(float(loss))})  # fmt: skip
                 for e in range(epochs + 1):
                     new.append({**base, "panel": panel.panel, "epoch": e, "iteration": "",
@@ -475,6 +491,7 @@ def run_vae_grid(
         losses, _ = train.train_runs_with_steps(
             model, ds.x, ds.y, _vae_optimizer(bc), hp, epochs, seed,
             on_epoch=lambda: progress.update(1),
+            steps_per_epoch=PAPER_STEPS[ds.name] if budget.paper_steps else None,
         )  # fmt: skip
         new = []
         for r, (b1, b2, log_lr) in enumerate(grid):
@@ -565,7 +582,7 @@ def rows_per_seed(figures: Iterable[str], budget: Budget) -> int:
     figures = set(figures)
     total = sum(
         len(grid_for(o, budget, scheduled(p, o))) * (budget.epochs[p.panel] + 1)
-        for p in PANELS
+        for p in panels(budget)
         if p.figure in figures
         for o in p.optimizers
     )
@@ -581,9 +598,9 @@ ROW_BYTES = 1000  # a result row in memory: a dict of 15 short strings (measured
 def load_data(figures: Iterable[str], budget: Budget, data_dir: str | None) -> dict:
     """The datasets ``figures`` need (CIFAR-10 ZCA-whitened), loaded before any training."""
     datasets = {
-        name: data_lib.load(name, data_dir, budget.imdb_docs, budget.imdb_vocab).subset(
-            budget.max_examples
-        )
+        name: data_lib.load(
+            name, data_dir, budget.imdb_docs, budget.imdb_vocab, budget.cifar_size
+        ).subset(budget.max_examples)
         for name in datasets_for(figures)
     }
     if "cifar10" in datasets:
@@ -617,7 +634,7 @@ def run(
             continue
         start, cpu_start = time.perf_counter(), time.process_time()
         try:
-            for panel in PANELS:
+            for panel in panels(budget):
                 if panel.figure == figure:
                     ds = datasets[panel.dataset]
                     rows += run_panel(panel, ds, budget, seeds, results, progress)
