@@ -645,3 +645,11 @@ def test_full_mode_epochs_are_the_papers_iterations_and_dropout_is_run_both_ways
     assert train_loss == model.loss(
         params, x, jnp.zeros(2, jnp.int32), jax.random.PRNGKey(1), False
     )
+
+
+def test_run_json_names_the_commit_of_the_checkout():
+    import re
+
+    if not (Path(paper_cli.__file__).resolve().parents[3] / ".git").exists():
+        pytest.skip("not run from a git checkout")
+    assert re.match(r"[0-9a-f]{40}", paper_cli._git_commit() or "")

@@ -156,7 +156,7 @@ def _now() -> str:
 
 def _git_commit() -> str | None:
     """The commit of the adam_jax checkout this runs from (None when installed, not a checkout)."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]  # adam_jax/tools/paper/cli.py -> the checkout
     if not (root / ".git").exists():
         return None
     try:
