@@ -87,8 +87,10 @@ def _curves_axis(ax, rows, panel, title, log, x_field="epoch", per_epoch=1, pape
             start = max(ys[:, 0].max() for _, _, ys in curves)
             ax.set_ylim(min(finite) * 0.8, 1.1 * start if np.isfinite(start) else max(finite))
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
-        ax.tick_params(axis="y", which="minor", labelsize=6)
+        low, high = ax.get_ylim()
+        if high / low < 10:  # within a decade the minor ticks need numbers; beyond, they crowd
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+            ax.tick_params(axis="y", which="minor", labelsize=6)
     ax.set_xlabel(_epoch_label(panel, paper), fontsize=8)
     ax.set_ylabel("training cost")
     ax.set_title(f"{data_name(dataset)}\n{title}", fontsize=9)
