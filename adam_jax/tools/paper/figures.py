@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FormatStrFormatter
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from adam_jax.tools.paper.claims import LABELS
 from adam_jax.tools.paper.runner import VAE_BETA2
@@ -91,6 +91,8 @@ def _curves_axis(ax, rows, panel, title, log, x_field="epoch", per_epoch=1, pape
         if high / low < 10:  # within a decade the minor ticks need numbers; beyond, they crowd
             ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
             ax.tick_params(axis="y", which="minor", labelsize=6)
+        else:
+            ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(_epoch_label(panel, paper), fontsize=8)
     ax.set_ylabel("training cost")
     ax.set_title(f"{data_name(dataset)}\n{title}", fontsize=9)
