@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FormatStrFormatter, NullFormatter
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from adam_jax.tools.paper.claims import LABELS
 from adam_jax.tools.paper.runner import VAE_BETA2
@@ -86,13 +86,9 @@ def _curves_axis(ax, rows, panel, title, log, x_field="epoch", per_epoch=1, pape
         if finite:  # from just below the lowest cost to 1.1x the initial: diverged runs leave
             start = max(ys[:, 0].max() for _, _, ys in curves)
             ax.set_ylim(min(finite) * 0.8, 1.1 * start if np.isfinite(start) else max(finite))
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.1, 0.2, 0.5, 1, 2, ...
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        low, high = ax.get_ylim()
-        if high / low < 10:  # within a decade the minor ticks need numbers; beyond, they crowd
-            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
-            ax.tick_params(axis="y", which="minor", labelsize=6)
-        else:
-            ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(_epoch_label(panel, paper), fontsize=8)
     ax.set_ylabel("training cost")
     ax.set_title(f"{data_name(dataset)}\n{title}", fontsize=9)
