@@ -19,7 +19,8 @@ def test_committed_quick_run_is_described_by_its_run_json():
     assert f"(quick run, seeds {', '.join(map(str, info['seeds']))})" in summary
     assert f"adam_jax {info['adam_jax']}, jax {info['jax']}" in summary
     rows = [line for line in claims.claims_table(summary).splitlines() if line.startswith("| Fig")]
-    assert len(rows) == 9 and all(f"of {len(info['seeds'])} |" in r for r in rows)
+    # 13 claims: Fig. 1 left and right each under both AdaGrad readings, Fig. 4 per grid point
+    assert len(rows) == 13 and all(f"of {len(info['seeds'])} |" in r for r in rows)
 
 
 def test_committed_quick_run_is_of_the_current_code():
