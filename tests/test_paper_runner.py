@@ -414,11 +414,20 @@ def test_reproduce_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, mo
     assert (a / "fig1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_figures_in_parallel_equal_one_process_and_survive_ctrl_c(tmp_path):
+def test_figures_in_parallel_equal_one_process_and_survive_ctrl_c(tmp_path, monkeypatch):
     """``reproduce all`` in two processes, interrupted (Ctrl-C to the parent) once a figure has
-    finished runs, then resumed: the same results.csv, byte for byte, as one process."""
+    finished runs, then resumed: the same results.csv, byte for byte, as one process.
+
+    Every run is a process of its own sharing one persistent JAX compilation cache: the
+    one-process run compiles each training step once, and the parallel and resumed runs load the
+    same executables instead of compiling them again (most of a tiny run is compilation)."""
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax-cache"))
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
     one, par = tmp_path / "one", tmp_path / "par"
-    assert run_cli("all", "--tiny", "--seeds", "1", "--jobs", "1", "--out", str(one)) == 0
+    solo = ["all", "--tiny", "--seeds", "1", "--jobs", "1", "--out", str(one), "--no-progress"]
+    subprocess.run([sys.executable, "-m", "adam_jax", "reproduce", *solo], check=True)
+    assert any((tmp_path / "jax-cache").iterdir())
     args = ["all", "--tiny", "--seeds", "1", "--jobs", "2", "--out", str(par), "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "adam_jax", "reproduce", *args],
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -638,13 +647,13 @@ def test_full_mode_epochs_are_the_papers_iterations_and_dropout_is_run_both_ways
     assert set(per_epoch) == {7}
     # the no-dropout CNN: 3 optimizers, 1 rate, on 1 selection and 2 verdict seeds, 1 epoch of 7
     assert sum(r["panel"] == "fig3_nodrop_iter" for r in rows) == 3 * 3 * 7
-    model = runner.build_model("fig3_nodrop", datasets["cifar10"], budget)
-    x = jnp.ones((2, 3, 16, 16))
-    params = jax.jit(model.init)(jax.random.PRNGKey(0))
-    train_loss = model.loss(params, x, jnp.zeros(2, jnp.int32), jax.random.PRNGKey(1), True)
-    assert train_loss == model.loss(
-        params, x, jnp.zeros(2, jnp.int32), jax.random.PRNGKey(1), False
-    )
+    imdb = data.Dataset("imdb", np.ones((4, 6), np.uint8), np.zeros(4, np.int32), 2, "d")
+    x, y = jnp.ones((4, 6)), jnp.zeros(4, jnp.int32)
+    for panel, dropped in (("fig1_imdb", True), ("fig1_imdb_nodrop", False)):
+        model = runner.build_model(panel, imdb, budget)
+        params = model.init(jax.random.PRNGKey(0))
+        train_loss = model.loss(params, x, y, jax.random.PRNGKey(1), True)
+        assert (train_loss != model.loss(params, x, y, jax.random.PRNGKey(1), False)) == dropped
 
 
 def test_run_json_names_the_commit_of_the_checkout():
