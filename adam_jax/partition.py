@@ -7,7 +7,8 @@ over that axis instead, while the parameters stay as the user placed them (repli
 ``data``, or split over another axis as in FSDP):
 
 1. the reduced gradient is constrained to the state's layout, so the partitioner turns the
-   gradient's all-reduce into a reduce-scatter: each device receives only its slice;
+   gradient's all-reduce into a reduce-scatter (on GPU and TPU; XLA:CPU has no such pass and
+   slices the all-reduced gradient locally): each device keeps only its slice;
 2. the wrapped transformation runs unchanged on those slices: each device updates only its slice
    of the moments (no device holds the whole state, not even at ``init``);
 3. the update is constrained back to the parameters' sharding: one all-gather per leaf.
@@ -30,7 +31,8 @@ cost is that leaf's full state on every device (:func:`partition_report` lists s
 models whose dimensions are multiples of the device count there are none). Under
 :func:`adam_jax.flat_moments` each flat buffer is split over ``data`` when its length divides
 evenly; the gradients of its leaves are then all-reduced, not reduce-scattered (the buffer is
-cut after the leaves are concatenated). On a mesh of ``Explicit`` axes, ``flat_moments`` gives
+cut after the leaves are concatenated), and each leaf's update is gathered from the split buffer
+on its own: on many small leaves that costs more than the flat layout saves. On a mesh of ``Explicit`` axes, ``flat_moments`` gives
 every leaf whose layout is split a buffer of its own, so its state is grouped otherwise than
 without the wrapper.
 """
@@ -357,12 +359,15 @@ def partitioned(
 
     ``partitioned(adam_jax.adam(1e-3), params)`` keeps ``1/n`` of Adam's ``m`` and ``v`` on each
     of the ``n`` devices of ``axis``, whatever the parameters' sharding. In a jitted train step
-    the gradient is reduce-scattered instead of all-reduced, each device updates its slice of the
-    state, and the update is all-gathered back to the parameters' sharding: the same bytes on the
-    wire as data parallelism's all-reduce, and the same updates bit for bit (the update math is
-    elementwise and runs unchanged on each slice). Reductions over the whole tree
-    (``optax.clip_by_global_norm``, ``monitor``'s statistics) sum per device, then across
-    devices: rounding may differ in the last bits, as between any two summation orders.
+    the gradient is reduce-scattered instead of all-reduced (where the backend has that pass:
+    GPU, TPU; XLA:CPU all-reduces, then slices locally), each device updates its slice of the
+    state, and the update is all-gathered back to the parameters' sharding: the same bytes on
+    the wire as data parallelism's all-reduce. The update math is elementwise and runs unchanged
+    on each slice, so the updates are the unwrapped ones up to rounding: XLA contracts
+    ``a*b + c`` into one fused multiply-add in some fused kernels and not others, and the two
+    programs fuse differently (a unit or two in the last place of a leaf's largest element).
+    Reductions over the whole tree (``optax.clip_by_global_norm``, ``monitor``'s statistics)
+    sum per device, then across devices, in another order than one device does.
 
     The state has the structure, shapes and dtypes of ``tx``'s state (the wrapper changes only
     where its leaves live), so checkpoints move freely between the two. See the module docstring
