@@ -413,6 +413,7 @@ def restore_checkpoint(
     *,
     config: Mapping[str, Any] | None = None,
     allow_changes: Collection[str] | bool | None = (),
+    state_shardings: PyTree | None = None,
 ) -> tuple[PyTree, PyTree]:
     """Read ``(params, opt_state)`` written by :func:`save_checkpoint`, laid out like ``params``.
 
@@ -435,6 +436,10 @@ def restore_checkpoint(
         e.g. ``{"learning_rate"}`` to resume with a deliberately new learning rate (``True``:
         any hyperparameter; ``None``/``False``/``()``: none). A name no optimizer records
         raises ``ValueError`` listing the known ones.
+      state_shardings: where the state goes instead of ``state_sharding(tx, params)``: a tree of
+        shardings with the structure of ``tx.init(params)``, e.g.
+        ``adam_jax.partition_sharding(tx, params)`` to read a partitioned state straight into
+        its shards (no device then holds the whole state, even for a moment).
 
     Returns:
       ``(params, opt_state)``, sharded as above; every restored array is bit-identical to the
@@ -454,8 +459,20 @@ def restore_checkpoint(
     _ckpt_files.verify(directory, "restore_checkpoint")
     _check_not_wrapped(params, "params", "restore_checkpoint")
     abstract_params = _with_default_device(params)
-    shardings = state_sharding(tx, abstract_params)
     target = jax.eval_shape(tx.init, abstract_params)
+    if state_shardings is None:
+        shardings = state_sharding(tx, abstract_params)
+    else:
+        shardings = state_shardings
+        is_sharding = lambda x: isinstance(x, jax.sharding.Sharding)
+        if jax.tree.structure(shardings, is_leaf=is_sharding) != jax.tree.structure(
+            target
+        ) or not all(is_sharding(x) for x in jax.tree.leaves(shardings, is_leaf=is_sharding)):
+            raise ValueError(
+                "restore_checkpoint: state_shardings must be a tree of jax.sharding.Sharding with "
+                "the structure of tx.init(params), e.g. adam_jax.partition_sharding(tx, params) "
+                "or adam_jax.state_sharding(tx, params)."
+            )
     # The state as stored: flat_moments' buffers one per parameter.
     stored = jax.eval_shape(lambda t: flat.per_parameter(t, abstract_params), target)
     treedef = jax.tree.structure(stored)

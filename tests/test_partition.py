@@ -298,14 +298,18 @@ def test_checkpoint_resumes_bit_for_bit_on_8_4_1_devices_and_unpartitioned(tmp_p
     for name, mesh in {"8": mesh8, "4": _mesh(4), "1": _mesh(1), "8-whole": mesh8}.items():
         target = _place(host, mesh)
         wrapped = tx if name == "8-whole" else adam_jax.partitioned(tx, target)
-        restored = adam_jax.restore_checkpoint(tmp_path / "ckpt", wrapped, target)
         layout = (
-            jax.tree.map(lambda x: x.sharding, target),
             adam_jax.state_sharding(tx, target)
             if wrapped is tx
-            else adam_jax.partition_sharding(tx, target),
+            else adam_jax.partition_sharding(tx, target)
         )
-        restored = jax.device_put(restored, layout)  # (restore_checkpoint reads state_sharding's)
+        restored = adam_jax.restore_checkpoint(
+            tmp_path / "ckpt", wrapped, target, state_shardings=layout
+        )
+        for leaf, sharding in zip(
+            jax.tree.leaves(restored[1]), jax.tree.leaves(layout), strict=True
+        ):  # read straight into the shards
+            assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
         _assert_identical(restored, saved)
         if wrapped is not tx:
             n = mesh.shape["data"]
@@ -320,8 +324,11 @@ def test_checkpoint_resumes_bit_for_bit_on_8_4_1_devices_and_unpartitioned(tmp_p
 
         rest = _place(grads[2:], mesh)
         got = resume(*restored, rest)
-        _assert_identical(got, resume(*jax.device_put(saved, layout), rest))
+        moved = jax.device_put(saved, (jax.tree.map(lambda x: x.sharding, target), layout))
+        _assert_identical(got, resume(*moved, rest))
         assert _max_ulps(got, reference[:2]) <= FMA, name
+    with pytest.raises(ValueError, match="state_shardings must be a tree of"):
+        adam_jax.restore_checkpoint(tmp_path / "ckpt", tx, target, state_shardings={"mu": None})
 
 
 def test_bad_arguments_say_what_is_allowed(mesh, params):
