@@ -61,7 +61,8 @@ def make_step(tx):
     return step
 
 
-def main(port: int, process_id: int, num_processes: int, out: str) -> None:
+def join_cluster(port: int, process_id: int, num_processes: int) -> None:
+    """Join the ``jax.distributed`` cluster on 127.0.0.1:PORT, with CPU gloo collectives."""
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -73,6 +74,12 @@ def main(port: int, process_id: int, num_processes: int, out: str) -> None:
         heartbeat_timeout_seconds=20,
         shutdown_timeout_seconds=20,
     )
+
+
+def main(port: int, process_id: int, num_processes: int, out: str) -> None:
+    import jax
+
+    join_cluster(port, process_id, num_processes)
     from jax.experimental import multihost_utils
     from jax.sharding import AxisType, NamedSharding
     from jax.sharding import PartitionSpec as P

@@ -23,22 +23,15 @@ def make_tx():
 def main(port: int, process_id: int, num_processes: int, out: str) -> None:
     import jax
 
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}",
-        num_processes=num_processes,
-        process_id=process_id,
-        initialization_timeout=60,
-        heartbeat_timeout_seconds=20,
-        shutdown_timeout_seconds=20,
-    )
+    from tests import multiprocess_worker as mlp
+
+    mlp.join_cluster(port, process_id, num_processes)
     import numpy as np
     from jax.experimental import multihost_utils
     from jax.sharding import AxisType, NamedSharding
     from jax.sharding import PartitionSpec as P
 
     import adam_jax
-    from tests import multiprocess_worker as mlp
 
     n = jax.device_count()
     mesh = jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,))
