@@ -46,7 +46,8 @@ def test_a_run_keeps_other_figures_results_and_overwrites_its_own_only_when_told
     out, csv_path = tmp_path / "o", tmp_path / "o" / "results.csv"
     assert reproduce("fig2", "--out", str(out)) == 0
     fig2 = rows_of(csv_path, "fig2")
-    assert len(fig2) == 2 * 6 * 3  # 2 seeds, 6 optimizers (one rate each), epochs 0..2
+    seeds = 2 + runner.TINY.selection_seeds  # the verdict seeds and the selection seeds
+    assert len(fig2) == runner.rows_per_seed(["fig2"], runner.TINY) * seeds
     fig2_command = json.loads((out / "run.json").read_text())["command"]
 
     # before: fig1 wiped results.csv (0 of fig2's 36 rows left); now fig2's rows stay
@@ -109,7 +110,7 @@ def test_bench_memory_estimate_counts_every_contender(monkeypatch, capsys):
     expected = n * 4 * (6 + 3 + 3) + 8 * n
     assert bench.case_bytes("one-array", n, 1, "float32", ["adam_jax"]) == expected
     assert bench.case_bytes("one-array", n, 1, "bfloat16", ["adam_jax"]) == expected // 2 + 4 * n
-    monkeypatch.setattr(cli, "memory_limit", lambda device=None: (expected - 1, "the test's"))
+    monkeypatch.setattr(common, "memory_limit", lambda device=None: (expected - 1, "the test's"))
     args = ["bench", "--params", str(n), "--cases", "one-array", "--contenders", "adam_jax"]
     assert cli.main(args) == 2
     assert f"needs about {common.gib(expected)}, more than the {common.gib(expected - 1)}" in (
@@ -126,9 +127,10 @@ def test_reproduce_refuses_a_seed_count_that_cannot_fit(tmp_path, monkeypatch, c
     assert "the result rows of 2,000,000,000 seeds (all, tiny run) needs about" in err
     assert "pass fewer --seeds" in err and not out.exists()
     per_seed = runner.rows_per_seed(["fig2"], runner.TINY) * runner.ROW_BYTES
-    monkeypatch.setattr(cli, "memory_limit", lambda device=None: (100 * per_seed, "the test's"))
-    assert reproduce("fig2", "--seeds", "101", "--out", str(out)) == 2
-    assert f"needs about {common.gib(101 * per_seed)}" in one_line_error(capsys)
+    monkeypatch.setattr(common, "memory_limit", lambda device=None: (100 * per_seed, "the test's"))
+    assert reproduce("fig2", "--seeds", "101", "--out", str(out)) == 2  # + the selection seeds
+    needed = (101 + runner.TINY.selection_seeds) * per_seed
+    assert f"needs about {common.gib(needed)}" in one_line_error(capsys)
     with pytest.raises(SystemExit) as stop:  # more seeds than there are
         reproduce("fig2", "--seeds", str(2**31 + 1))
     assert stop.value.code == 2 and "seeds must be distinct integers" in one_line_error(capsys)
@@ -138,7 +140,9 @@ def test_rows_per_seed_counts_the_rows_a_seed_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "train_runs_with_steps", fake_train_runs)
     assert reproduce("fig2", "--seeds", "1", "--out", str(tmp_path)) == 0
     written = len(runner.read_csv(tmp_path / "results.csv"))
-    assert runner.rows_per_seed(["fig2"], runner.TINY) == written
+    # one verdict seed and the tiny run's selection seeds, each at one rate per optimizer
+    seeds = 1 + runner.TINY.selection_seeds
+    assert runner.rows_per_seed(["fig2"], runner.TINY) * seeds == written
 
 
 # --- 3. --resume with a malformed run.json or results.csv -----------------------------------------
@@ -180,8 +184,11 @@ def test_resume_refuses_a_malformed_run_json(tmp_path, monkeypatch, capsys, cont
     [
         ("a,b\n1,2\n", "lacks the columns figure, panel, dataset"),
         ("", "lacks the columns figure"),
-        (",".join(runner.FIELDS) + "\nfig2,fig2\n", "line 2: not 15 fields"),
-        (",".join(runner.FIELDS) + "\n" + "fig2," * 14 + "x\n", "are not all numbers"),
+        (",".join(runner.FIELDS) + "\nfig2,fig2\n", f"line 2: not {len(runner.FIELDS)} fields"),
+        (
+            ",".join(runner.FIELDS) + "\n" + "fig2," * (len(runner.FIELDS) - 1) + "x\n",
+            "are not all numbers",
+        ),
     ],
 )
 def test_resume_refuses_a_results_csv_without_its_columns(

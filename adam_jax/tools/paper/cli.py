@@ -285,7 +285,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         return _error("--resume keeps the results in --out and --overwrite replaces them: pass one")
     problem = too_big(  # the result rows are held in memory: checked before the list of seeds
-        len(seeds) * runner.rows_per_seed(wanted, budget) * runner.ROW_BYTES,
+        (len(seeds) + budget.selection_seeds)
+        * runner.rows_per_seed(wanted, budget)
+        * runner.ROW_BYTES,
         f"the result rows of {len(seeds):,} seeds ({args.figure}, {budget.name} run)",
         "pass fewer --seeds",
     )
