@@ -78,7 +78,7 @@ def test_a_step_that_raises_the_evaluated_subfunction_is_undone():
     """A subfunction that is not finite beyond |x| > 2: every step out there is a failure, SFO
     returns to the previous point, halves its step scale, and still converges."""
     n = 3
-    f_and_grad, a, b, x0 = quadratic_sum(6, n, cond=10.0, seed=4)
+    f_and_grad, a, b, _ = quadratic_sum(6, n, cond=10.0, seed=4)
     x_star = np.linalg.solve(a, b)
 
     def walled(x, i):
