@@ -25,6 +25,10 @@ class Model:
     name: str
     init: Callable[[jax.Array], Params]
     loss: Callable[[Params, jax.Array, jax.Array, jax.Array, bool], jax.Array]
+    # The rate of the model's only randomness in training, dropout on its inputs: then
+    # loss(p, x, y, key, True) == loss(p, apply_dropout(dropout_mask(key, rate, x.shape), x, rate),
+    # y, key, False), and the trainer may draw the masks once for many runs (train.DropoutMasks).
+    input_dropout: float = 0.0
 
 
 def _dense_init(key: jax.Array, fan_in: int, fan_out: int, gain: float = 2.0) -> jax.Array:
@@ -32,12 +36,21 @@ def _dense_init(key: jax.Array, fan_in: int, fan_out: int, gain: float = 2.0) ->
     return jax.random.normal(key, (fan_in, fan_out)) * jnp.sqrt(gain / fan_in)
 
 
+def dropout_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
+    """The entries dropout keeps (True with probability 1 - ``rate``)."""
+    return jax.random.bernoulli(key, 1.0 - rate, shape)
+
+
+def apply_dropout(keep: jax.Array, x: jax.Array, rate: float) -> jax.Array:
+    """Inverted dropout with mask ``keep``: zero the rest of ``x``, rescale the kept by 1/(1-rate)."""
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
 def dropout(key: jax.Array, x: jax.Array, rate: float, train: bool) -> jax.Array:
     """Inverted dropout: zero a fraction ``rate`` of ``x`` and rescale the rest by 1/(1-rate)."""
     if not train or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0)
+    return apply_dropout(dropout_mask(key, rate, x.shape), x, rate)
 
 
 def _l2(params: Params, weight_decay: float) -> jax.Array:
@@ -66,7 +79,7 @@ def logistic_regression(
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return ce + _l2(params, weight_decay)
 
-    return Model("logreg", init, loss)
+    return Model("logreg", init, loss, input_dropout)
 
 
 def mlp(

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import io
 import itertools
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -85,6 +86,7 @@ class Budget:
     no_dropout: bool = False  # also run Fig. 1 right and Fig. 3 without dropout
     imdb_docs: int = 2000  # documents in the generated bag-of-words corpus
     imdb_vocab: int = data_lib.VOCAB  # its words (see data.zipf_corpus for the calibration)
+    imdb_label_noise: float = data_lib.LABEL_NOISE  # its flipped labels (the same calibration)
 
 
 FULL = Budget(
@@ -95,6 +97,7 @@ FULL = Budget(
     seeds=5,
     selection_seeds=3,
     imdb_docs=25_000,
+    imdb_label_noise=0.05,  # chosen by the rule in data.zipf_corpus (results/RULES.md)
     paper_steps=True,
     cifar_size=32,
     no_dropout=True,
@@ -378,10 +381,12 @@ def run_panel(
     seeds: list[int],
     results: Results,
     progress: Progress,
+    masks_dir: Path | None = None,
 ) -> list[dict]:
     """Grid-search every optimizer of ``panel`` on the selection seeds, then train the selected
     rate on the verdict ``seeds``; one row per (run, epoch), plus, for Fig. 3, one row per
-    iteration of the first epochs (panel ``fig3_iter``)."""
+    iteration of the first epochs (panel ``fig3_iter``). With ``masks_dir``, input dropout masks
+    are drawn once per seed and kept there for every optimizer (:class:`train.DropoutMasks`)."""
     model = build_model(panel.panel, ds, budget)
     epochs = budget.epochs[panel.panel]
     step_epochs = budget.epochs["fig3_early"] if panel.figure == "fig3" else 0
@@ -405,6 +410,7 @@ def run_panel(
                 model, ds.x, ds.y, make_optimizer(opt, sched), {"lr": lr_arr}, epochs, seed,
                 on_epoch=functools.partial(progress.update, len(lrs) if vectorize else 1),
                 vectorize=vectorize, step_epochs=step_epochs, steps_per_epoch=per_epoch,
+                masks_dir=masks_dir,
             )  # fmt: skip
             steps = per_epoch or len(ds.y) // train.BATCH_SIZE
             new = []
@@ -599,7 +605,12 @@ def load_data(figures: Iterable[str], budget: Budget, data_dir: str | None) -> d
     """The datasets ``figures`` need (CIFAR-10 ZCA-whitened), loaded before any training."""
     datasets = {
         name: data_lib.load(
-            name, data_dir, budget.imdb_docs, budget.imdb_vocab, budget.cifar_size
+            name,
+            data_dir,
+            budget.imdb_docs,
+            budget.imdb_vocab,
+            budget.cifar_size,
+            imdb_label_noise=budget.imdb_label_noise,
         ).subset(budget.max_examples)
         for name in datasets_for(figures)
     }
@@ -624,23 +635,28 @@ def run(
     """Run the experiments of ``figures`` over ``seeds``; returns all result rows, in the same
     order whether or not some came from ``results`` (a resumed run). The training time of each
     figure is added to ``seconds`` (wall clock) and ``cpu_seconds`` (this process's CPU time,
-    which a machine shared with other work does not inflate), also when Ctrl-C stops it."""
+    which a machine shared with other work does not inflate), also when Ctrl-C stops it. Input
+    dropout masks are kept in a temporary directory while it runs (the full run's Fig. 1 right:
+    1.4 GB per seed)."""
     figures = list(figures)
     seconds = {} if seconds is None else seconds
     cpu_seconds = {} if cpu_seconds is None else cpu_seconds
     rows: list[dict] = []
-    for figure in FIGURES:
-        if figure not in figures:
-            continue
-        start, cpu_start = time.perf_counter(), time.process_time()
-        try:
-            for panel in panels(budget):
-                if panel.figure == figure:
-                    ds = datasets[panel.dataset]
-                    rows += run_panel(panel, ds, budget, seeds, results, progress)
-            if figure == "fig4":
-                rows += run_vae_grid(datasets["mnist"], budget, seeds, results, progress)
-        finally:  # an interrupted sitting's time counts too: run.json sums the sittings
-            seconds[figure] = seconds.get(figure, 0.0) + time.perf_counter() - start
-            cpu_seconds[figure] = cpu_seconds.get(figure, 0.0) + time.process_time() - cpu_start
+    with tempfile.TemporaryDirectory(prefix="adam-jax-dropout-masks-") as masks_dir:
+        for figure in FIGURES:
+            if figure not in figures:
+                continue
+            start, cpu_start = time.perf_counter(), time.process_time()
+            try:
+                for panel in panels(budget):
+                    if panel.figure == figure:
+                        ds = datasets[panel.dataset]
+                        rows += run_panel(
+                            panel, ds, budget, seeds, results, progress, Path(masks_dir)
+                        )
+                if figure == "fig4":
+                    rows += run_vae_grid(datasets["mnist"], budget, seeds, results, progress)
+            finally:  # an interrupted sitting's time counts too: run.json sums the sittings
+                seconds[figure] = seconds.get(figure, 0.0) + time.perf_counter() - start
+                cpu_seconds[figure] = cpu_seconds.get(figure, 0.0) + time.process_time() - cpu_start
     return rows

@@ -8,13 +8,16 @@ traced hyperparameters). An epoch is one ``jax.jit``-compiled ``lax.scan`` over 
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from adam_jax.tools.paper import models
 from adam_jax.tools.paper.models import Model
 
 BATCH_SIZE = 128  # Section 6: minibatches of 128 throughout
@@ -71,10 +74,44 @@ class Minibatches:
         return np.concatenate(orders), np.concatenate(keys)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _draw_packed_masks(keys: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
+    """:func:`models.dropout_mask` for each key, packed 8 entries a byte along the last axis."""
+    return jax.vmap(lambda k: jnp.packbits(models.dropout_mask(k, rate, shape), axis=-1))(keys)
+
+
+class DropoutMasks:
+    """The input dropout masks of minibatches, drawn once per dropout key and kept in
+    ``directory`` (8 entries a byte), for a model whose only training randomness is input
+    dropout (``Model.input_dropout``). Every run of a seed draws the same masks, so runs after
+    the first read them instead of drawing them again: on the full run's bag-of-words
+    minibatches (128 x 10,000) drawing is most of an iteration. The masks are the ones the
+    model's loss draws from the same keys, bit for bit."""
+
+    def __init__(self, directory: Path, rate: float, shape: tuple[int, ...]) -> None:
+        self.directory, self.rate, self.shape = Path(directory), rate, shape
+
+    def chunk(self, keys: np.ndarray) -> np.ndarray:
+        """The packed masks of the minibatches with dropout ``keys``, shape (len(keys), *shape[:-1],
+        ceil(shape[-1] / 8)), uint8."""
+        keys = np.asarray(keys)
+        name = hashlib.sha256(repr((self.rate, self.shape)).encode() + keys.tobytes()).hexdigest()
+        path = self.directory / f"{name}.npy"
+        if path.is_file():
+            return np.load(path)
+        packed = np.asarray(_draw_packed_masks(jnp.asarray(keys), self.rate, self.shape))
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, packed)
+        tmp.replace(path)
+        return packed
+
+
 @functools.lru_cache(maxsize=64)
-def _compiled(model: Model, make_tx: MakeTx, vectorize: bool):
+def _compiled(model: Model, make_tx: MakeTx, vectorize: bool, masked: bool = False):
     """Jitted (cost, init, epoch) functions of ``model`` and ``make_tx``, built once and reused by
-    every call with the same model and optimizer: data, parameters and keys are arguments."""
+    every call with the same model and optimizer: data, parameters and keys are arguments. With
+    ``masked`` the epoch takes the packed input dropout masks of its minibatches
+    (:class:`DropoutMasks`) and applies them instead of drawing them."""
 
     def cost(params, x_eval, y_eval, k_eval):
         per_chunk = jax.lax.map(
@@ -86,27 +123,32 @@ def _compiled(model: Model, make_tx: MakeTx, vectorize: bool):
     def init_one(h, params0):
         return make_tx(h).init(params0)
 
-    def epoch_one(h, params, opt_state, order, keys, data):
+    def epoch_one(h, params, opt_state, order, keys, masks, data):
         tx = make_tx(h)
         x_dev, y_dev, x_eval, y_eval, k_eval = data
 
         def step(carry, batch):
             p, s = carry
-            idx, key = batch
+            idx, key, packed = batch
             xb, yb = x_dev[idx].astype(jnp.float32), y_dev[idx]
-            loss, grads = jax.value_and_grad(model.loss)(p, xb, yb, key, True)
+            if masked:  # the model's own input dropout, with the mask drawn beforehand
+                keep = jnp.unpackbits(packed, axis=-1, count=xb.shape[-1]).astype(bool)
+                xb = models.apply_dropout(keep, xb, model.input_dropout)
+            loss, grads = jax.value_and_grad(model.loss)(p, xb, yb, key, not masked)
             updates, s = tx.update(grads, s, p)
             return (optax.apply_updates(p, updates), s), loss
 
-        (params, opt_state), step_loss = jax.lax.scan(step, (params, opt_state), (order, keys))
+        (params, opt_state), step_loss = jax.lax.scan(
+            step, (params, opt_state), (order, keys, masks)
+        )
         return params, opt_state, cost(params, x_eval, y_eval, k_eval), step_loss
 
-    def run_epoch(h, params, opt_state, order, keys, data):
+    def run_epoch(h, params, opt_state, order, keys, masks, data):
         if vectorize:
-            return jax.vmap(epoch_one, in_axes=(0, 0, 0, None, None, None))(
-                h, params, opt_state, order, keys, data
+            return jax.vmap(epoch_one, in_axes=(0, 0, 0, None, None, None, None))(
+                h, params, opt_state, order, keys, masks, data
             )
-        return epoch_one(h, params, opt_state, order, keys, data)
+        return epoch_one(h, params, opt_state, order, keys, masks, data)
 
     init = jax.vmap(init_one, in_axes=(0, None)) if vectorize else init_one
     return jax.jit(cost), jax.jit(init), jax.jit(run_epoch)
@@ -142,6 +184,7 @@ def train_runs_with_steps(
     vectorize: bool = True,
     step_epochs: int = 0,
     steps_per_epoch: int | None = None,
+    masks_dir: Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train one run per entry of ``hparams`` (arrays of equal length R) for ``epochs`` epochs.
 
@@ -155,7 +198,9 @@ def train_runs_with_steps(
     // BATCH_SIZE``); the full run sets it to the paper's iterations per epoch, so its epochs are
     paper-equivalent whatever the size of the data (:class:`Minibatches`). ``vectorize=False`` trains the runs one after another with one compiled epoch (used for
     the CNN: on a 2-core CPU, 6 full-size runs took 0.56 s per run-epoch one after another against
-    0.79 s vmapped).
+    0.79 s vmapped). With ``masks_dir``, a model whose only training randomness is input dropout
+    draws its masks once per key into that directory (:class:`DropoutMasks`), shared by every call
+    given the same directory; the results are the same bit for bit.
     """
     n = len(y)
     if n < BATCH_SIZE:
@@ -169,7 +214,10 @@ def train_runs_with_steps(
     x_eval = x_dev[: chunks * chunk].reshape(chunks, chunk, *x.shape[1:])
     y_eval = y_dev[: chunks * chunk].reshape(chunks, chunk)
     data = (x_dev, y_dev, x_eval, y_eval, k_eval)
-    cost, init, run_epoch = _compiled(model, make_tx, vectorize)
+    masks = None
+    if masks_dir is not None and model.input_dropout > 0.0:
+        masks = DropoutMasks(masks_dir, model.input_dropout, (BATCH_SIZE, *x.shape[1:]))
+    cost, init, run_epoch = _compiled(model, make_tx, vectorize, masks is not None)
 
     runs = len(next(iter(hp.values())))
     initial = float(cost(params0, x_eval, y_eval, k_eval))
@@ -188,7 +236,10 @@ def train_runs_with_steps(
         opt_state = init(h, params0)
         for e in range(1, epochs + 1):
             order, keys = batches.chunk((e - 1) * steps, steps)
-            params, opt_state, loss, step_loss = run_epoch(h, params, opt_state, order, keys, data)
+            packed = None if masks is None else masks.chunk(keys)
+            params, opt_state, loss, step_loss = run_epoch(
+                h, params, opt_state, order, keys, packed, data
+            )
             losses[rows, e] = np.asarray(loss)
             if e <= step_epochs:
                 step_losses[rows, (e - 1) * steps : e * steps] = np.asarray(step_loss)
