@@ -202,6 +202,20 @@ def test_quick_corpus_keeps_its_cost_near_the_label_noise_entropy():
     assert final_cost(2000, 10_000, quick.epochs["fig1_imdb"]) < 0.2 * h
 
 
+def test_full_corpus_flips_the_calibrated_share_of_labels():
+    """The full run's Fig. 1 right corpus is the one ``zipf_corpus``'s calibration chose: the same
+    25,000 documents over 10,000 words, with 5% of the labels flipped (a binomial share: within
+    4 standard deviations of 5% of 25,000), and it says so in its source."""
+    full = runner.FULL
+    ds = runner.load_data(["fig1"], full, None)["imdb"]
+    clean = data.zipf_corpus(num_docs=25_000, vocab=10_000, label_noise=0.0)
+    np.testing.assert_array_equal(ds.x, clean.x)
+    flipped = float(np.mean(ds.y != clean.y))
+    assert abs(flipped - 0.05) < 4 * np.sqrt(0.05 * 0.95 / 25_000)
+    assert "25,000 documents, 10,000 words, 5% of labels flipped" in ds.source
+    assert runner.QUICK.imdb_label_noise == 0.2  # the quick corpus is unchanged
+
+
 def test_zca_whitening_gives_identity_covariance():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(500, 8)) @ rng.normal(size=(8, 8))  # correlated, full rank
