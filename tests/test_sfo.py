@@ -1,9 +1,13 @@
 """SFO (adam_jax.tools.paper.sfo) on sums of quadratics, whose minimiser numpy.linalg.solve gives
 exactly, and the Fig. 2b verdict recomputed from its committed results."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from adam_jax.tools.paper import claims, fig2b, runner
 from adam_jax.tools.paper.sfo import SFO
 
 
@@ -108,3 +112,74 @@ def test_bad_arguments_name_the_argument(kwargs, name):
     args = {"f_and_grad": lambda x, i: (0.0, x), "x0": np.ones(5), "num_subfunctions": 2}
     with pytest.raises(ValueError, match=name):
         SFO(**(args | kwargs))
+
+
+REPO = Path(__file__).resolve().parents[1]
+FIG2B = REPO / "results" / "fig2b"
+
+
+def _independent_fig2b_statistics(rows: list[dict]) -> dict[str, dict[int, float]]:
+    """The three per-seed statistics of the Fig. 2b rule (results/RULES.md), from the raw rows
+    with NumPy alone: Adam minus SFO mean ln cost over the passes, the same at 20 equally spaced
+    times of the shorter run, and ln(Adam's seconds per iteration / SFO's)."""
+    runs: dict[tuple[str, int], list] = {}
+    for r in rows:
+        if r["panel"] == "fig2b" and r["stage"] == "verdict":
+            key = (r["optimizer"], int(r["seed"]))
+            point = (int(r["epoch"]), float(r["seconds"]), int(r["iteration"]), float(r["loss"]))
+            runs.setdefault(key, []).append(point)
+    stats: dict[str, dict[int, float]] = {"iteration": {}, "second": {}, "time": {}}
+    for seed in sorted({s for _, s in runs}):
+        adam, sfo = (np.array(sorted(runs[(o, seed)])) for o in ("adam", "sfo"))
+        stats["iteration"][seed] = np.log(adam[1:, 3]).mean() - np.log(sfo[1:, 3]).mean()
+        horizon = min(adam[-1, 1], sfo[-1, 1])
+        times = horizon * np.arange(1, 21) / 20
+        at = [c[np.searchsorted(c[:, 1], times, side="right") - 1, 3] for c in (adam, sfo)]
+        stats["second"][seed] = np.log(at[0]).mean() - np.log(at[1]).mean()
+        stats["time"][seed] = np.log(adam[-1, 1] / adam[-1, 2]) - np.log(sfo[-1, 1] / sfo[-1, 2])
+    return stats
+
+
+def _t_verdict(x: list[float]) -> str:
+    from scipy import stats
+
+    x = np.asarray(x)
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    if np.all(x < 0) and x.mean() + half < 0:
+        return "yes"
+    if np.all(x >= 0) and x.mean() - half >= 0:
+        return "no"
+    return "inconclusive"
+
+
+def test_the_committed_fig2b_verdicts_recompute_from_its_csv():
+    rows = runner.read_results(FIG2B / "results.csv")
+    info = json.loads((FIG2B / "run.json").read_text())
+    label = "" if info["mode"] == "full" else f" ({info['mode']})"
+    table = claims.claims_table((FIG2B / "summary.md").read_text())
+    verdicts = {
+        line.split(" | ")[0].removeprefix("| "): line.rsplit("**", 2)[1]
+        for line in table.splitlines()
+        if line.startswith("| Fig. 2b")
+    }
+    stats = _independent_fig2b_statistics(rows)
+    assert len(stats["iteration"]) >= 5 and all(line.endswith(f"**{label} |") for line in
+                                                table.splitlines() if line.startswith("| Fig"))  # fmt: skip
+    assert verdicts == {
+        "Fig. 2b (per iteration)": _t_verdict(list(stats["iteration"].values())),
+        "Fig. 2b (per second)": _t_verdict(list(stats["second"].values())),
+        "Fig. 2b (time per iteration)": _t_verdict(list(stats["time"].values())),
+    }
+    verdict_seeds = {int(r["seed"]) for r in rows if r["stage"] == "verdict"}
+    assert not verdict_seeds & {int(r["seed"]) for r in rows if r["stage"] == "selection"}
+
+
+def test_the_fig2b_command_runs_at_the_tiny_size(tmp_path):
+    assert fig2b.main(["--out", str(tmp_path), "--tiny"]) == 0
+    rows = runner.read_results(tmp_path / "results.csv")
+    assert {r["optimizer"] for r in rows} == {"adam", "sfo"}
+    assert {int(r["seed"]) for r in rows if r["stage"] == "verdict"} == {0, 1}
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Fig. 2b (per second)" in summary and "(tiny)" in summary
+    assert (tmp_path / "fig2b.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "run.json").read_text())["mode"] == "tiny"

@@ -12,6 +12,7 @@ drift from its record: re-running the measurement and rebuilding the docs is the
 Kinds of table:
 
 - ``claims-quick``: the claims table of the committed quick run (``results/quick``).
+- ``claims FOLDER``: the claims table of the run in FOLDER (``results/fig2b``).
 - ``claims-full``: the claims of every committed full run (``results/full_*``), one table.
 - ``paper-timing``: the wall clock and CPU time of each committed run, from its ``run.json``.
 - ``bench FILE``: a ``adam-jax bench --json`` record (``results/bench/*.json``).
@@ -53,6 +54,7 @@ def _run_provenance(folder: Path) -> str:
     info = json.loads((folder / "run.json").read_text())
     sittings = info.get("sittings") or []
     dates = sorted({_date(s["start"]) for s in sittings if s.get("start")})
+    dates = dates or ([_date(info["start"])] if info.get("start") else [])
     versions = {k: info[k] for k in ("adam_jax", "jax", "jaxlib", "optax") if info.get(k)}
     return (
         f"`{folder.relative_to(REPO).as_posix()}`: `{info['command']}`, "
@@ -63,12 +65,15 @@ def _run_provenance(folder: Path) -> str:
     )
 
 
-def claims_quick() -> str:
+def claims_of(folder: str) -> str:
     from adam_jax.tools.paper import claims
 
-    folder = REPO / "results" / "quick"
-    table = claims.claims_table((folder / "summary.md").read_text())
-    return f"{table}\n\nSource: {_run_provenance(folder)}."
+    table = claims.claims_table((REPO / folder / "summary.md").read_text())
+    return f"{table}\n\nSource: {_run_provenance(REPO / folder)}."
+
+
+def claims_quick() -> str:
+    return claims_of("results/quick")
 
 
 def claims_full() -> str:
@@ -243,6 +248,7 @@ def usage(command: str) -> str:
 
 GENERATORS = {
     "claims-quick": claims_quick,
+    "claims": claims_of,
     "claims-full": claims_full,
     "paper-timing": paper_timing,
     "bench": bench,

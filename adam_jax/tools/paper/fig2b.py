@@ -89,6 +89,7 @@ class Problem:
 
 @dataclasses.dataclass(frozen=True)
 class Functions:
+    init: Callable  # PRNG key -> flat float32 parameters (model.init, eager: as committed runs)
     value_and_grad: Callable  # (theta, i, x, y) -> (f_i, ∇f_i)
     adam_step: Callable  # (theta, state, lr, i, x, y) -> (theta, state)
     adam_init: Callable  # (theta, lr) -> state
@@ -96,12 +97,13 @@ class Functions:
 
 
 @functools.cache
-def functions(features: int, classes: int, hidden: int) -> tuple[Functions, Callable]:
+def functions(features: int, classes: int, hidden: int) -> Functions:
     """Compiled functions of the MLP ``features``-``hidden``-``hidden``-``classes`` (no dropout)
-    and its L2 penalty, and the model's ``init``; built once per size and reused by every seed."""
+    and its L2 penalty; built once per size and reused by every seed."""
     model = models.mlp(features, classes, hidden, input_dropout=0.0, hidden_dropout=0.0)
-    _, unravel = ravel_pytree(model.init(jax.random.PRNGKey(0)))
     key = jax.random.PRNGKey(0)  # unused: no dropout
+    shapes = jax.eval_shape(model.init, key)
+    _, unravel = ravel_pytree(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
 
     def f(theta, xb, yb):
         params = unravel(theta)
@@ -118,13 +120,13 @@ def functions(features: int, classes: int, hidden: int) -> tuple[Functions, Call
     def cost(theta, x, y):
         return jnp.mean(jax.vmap(f, in_axes=(None, 0, 0))(theta, x, y))
 
-    fns = Functions(
+    return Functions(
+        lambda seed_key: ravel_pytree(model.init(seed_key))[0].astype(jnp.float32),  # eager
         jax.jit(jax.value_and_grad(f_i)),
         jax.jit(adam_step),
         jax.jit(lambda theta, lr: adam_jax.adam(lr).init(theta)),
         jax.jit(cost),
     )
-    return fns, model.init
 
 
 def problem(ds: data_lib.Dataset, hidden: int, seed: int) -> Problem:
@@ -132,11 +134,10 @@ def problem(ds: data_lib.Dataset, hidden: int, seed: int) -> Problem:
     initialisation."""
     n = len(ds.y) // BATCH_SIZE
     order = np.random.default_rng(seed).permutation(len(ds.y))[: n * BATCH_SIZE]
-    fns, init = functions(ds.x.shape[1], ds.num_classes, hidden)
-    theta0, _ = ravel_pytree(init(jax.random.PRNGKey(seed)))
+    fns = functions(ds.x.shape[1], ds.num_classes, hidden)
     x = jnp.asarray(ds.x[order].reshape(n, BATCH_SIZE, -1), jnp.float32)
     y = jnp.asarray(ds.y[order].reshape(n, BATCH_SIZE))
-    return Problem(x, y, theta0.astype(jnp.float32), fns)
+    return Problem(x, y, fns.init(jax.random.PRNGKey(seed)), fns)
 
 
 class AdamRun:

@@ -22,10 +22,11 @@ x = Pᵀc, and every H_i is a K x K matrix in that subspace. One call of :meth:`
 5. move to the minimum of Σ_i G_i, shortened by the step scale s:
    c ← c + s · (H⁻¹ Σ_i (H_i c_i - g_i) - c).
 
-The safeguard: when f_j rose since its last evaluation by more than its model predicts plus the
-improvement the last step predicted (or is not finite), f_j is evaluated again at the previous
-position (a second iteration); if that is lower, the step is undone and s is halved. Both
-evaluations enter f_j's history. Otherwise s decays back to 1 as s ← 1/N + (1 - 1/N) s.
+The safeguard: when f_j is above its last value and above its model's prediction G_j(x) by more
+than the improvement the last step predicted, ½ dᵀH d (or is not finite), f_j is evaluated again
+at the previous position (a second iteration); if that is lower, the step is undone and s is
+halved. Both evaluations enter f_j's history. Otherwise s decays back to 1 as
+s ← 1/N + (1 - 1/N) s.
 
 **Where this departs from the reference implementation** (``sfo.py`` of
 github.com/Sohl-Dickstein/Sum-of-Functions-Optimizer, read to compare, not copied):
@@ -274,11 +275,12 @@ class SFO:
             self.c[:] = self.c_prev
             self.x = self.p.T @ self.c[: self.dim]
             f_prev, g_prev = self._evaluate(j)
-            failed = f_prev < f or not np.isfinite(f)
+            finite = np.isfinite(f) and np.all(np.isfinite(g))
+            failed = f_prev < f or not finite
             if failed:  # stay back, halve the step scale
                 self.failures += 1
                 self.scale /= 2.0
-                if np.isfinite(f) and np.all(np.isfinite(g)):
+                if finite:
                     extra, self.c_extra[:] = g, c_new
                 f, g = f_prev, g_prev
             else:  # not a failure: back to the new point, the extra evaluation kept as history
