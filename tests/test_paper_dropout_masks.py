@@ -1,9 +1,30 @@
-"""Input dropout masks drawn once per key (train.DropoutMasks) train exactly as the model's own."""
+"""Dropout masks: models.dropout_mask's unrolled threefry gives jax.random.bernoulli's bits, and
+masks drawn once per key (train.DropoutMasks) train exactly as the model's own."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from adam_jax.tools.paper import data, models, runner, train
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.2, 0.9])
+@pytest.mark.parametrize("shape", [(128, 300), (7, 3, 5), (4, 2, 8, 8)])
+def test_dropout_mask_is_jax_bernoulli_bit_for_bit(rate, shape):
+    keys = jax.random.split(jax.random.PRNGKey(11), 6)
+    expected = np.stack([np.asarray(jax.random.bernoulli(k, 1.0 - rate, shape)) for k in keys])
+    drawn = jax.jit(jax.vmap(lambda k: models.dropout_mask(k, rate, shape)))(keys)
+    np.testing.assert_array_equal(np.asarray(drawn), expected)
+    one = jax.jit(models.dropout_mask, static_argnums=(1, 2))(keys[0], rate, shape)
+    np.testing.assert_array_equal(np.asarray(one), expected[0])
+    assert abs(expected.mean() - (1.0 - rate)) < 0.1
+    typed = jax.random.wrap_key_data(keys[0])  # a typed key takes jax.random's own path
+    np.testing.assert_array_equal(
+        np.asarray(models.dropout_mask(typed, rate, shape)),
+        np.asarray(jax.random.bernoulli(typed, 1.0 - rate, shape)),
+    )
+    assert jnp.asarray(keys[0]).dtype == jnp.uint32
 
 
 def _train(model, ds, masks_dir=None):
