@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import AxisType
 from jax.typing import ArrayLike, DTypeLike
 
 from adam_jax import _validate
@@ -278,3 +279,32 @@ def _float_for_count() -> jnp.dtype:
 def increment(count: jax.Array) -> jax.Array:
     """t <- t + 1 for the int32 step count, saturating at the int32 maximum instead of wrapping."""
     return optax.safe_increment(count)
+
+
+def explicit_spec(x: Any) -> tuple | None:
+    """``x``'s partition spec, one entry per axis, when ``x`` (an array, a tracer or a
+    ``jax.ShapeDtypeStruct``) lies on a mesh with ``Explicit`` axes; else ``None``."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        sharding = x.sharding
+    else:
+        sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or not any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ())):
+        return None
+    spec = tuple(sharding.spec)
+    return spec + (None,) * (len(x.shape) - len(spec))
+
+
+def find_state(opt_state: optax.OptState, kind: type | tuple[type, ...], where: str):
+    """The single sub-state of type ``kind`` inside ``opt_state`` (a chain's nested tuples)."""
+    found = [
+        s
+        for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kind))
+        if isinstance(s, kind)
+    ]
+    names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+    if len(found) != 1:
+        raise ValueError(
+            f"{where}: expected exactly one {names} in the optimizer state, found {len(found)}."
+        )
+    return found[0]

@@ -111,23 +111,8 @@ def averaged_params(opt_state: optax.OptState) -> optax.Params:
     Raises:
       ValueError: if ``opt_state`` holds no :class:`TemporalAveragingState`, or more than one.
     """
-    state = find_state(opt_state, TemporalAveragingState, "averaged_params")
+    state = _tree.find_state(opt_state, TemporalAveragingState, "averaged_params")
     correction = state.correction
     return jax.tree.map(
         lambda a: _tree.safe_divide(a, correction.astype(jnp.finfo(a.dtype).dtype)), state.average
     )
-
-
-def find_state(opt_state: optax.OptState, kind: type | tuple[type, ...], where: str):
-    """The single sub-state of type ``kind`` inside ``opt_state`` (a chain's nested tuples)."""
-    found = [
-        s
-        for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kind))
-        if isinstance(s, kind)
-    ]
-    names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-    if len(found) != 1:
-        raise ValueError(
-            f"{where}: expected exactly one {names} in the optimizer state, found {len(found)}."
-        )
-    return found[0]

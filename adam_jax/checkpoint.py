@@ -13,7 +13,7 @@ resuming with a different learning rate is refused too, unless the change is del
 
 Restoring onto a mesh reads each array straight into its target sharding: the parameters' own
 shardings and, for the state, :func:`adam_jax.state_sharding`. The flat buffers of
-:func:`adam_jax.flat_moments` are stored one per parameter (``adam_jax.flat.per_parameter``), so
+:func:`adam_jax.flat_moments` are stored one per parameter (:meth:`adam_jax.state_nodes.Regrouped.per_parameter`), so
 such a checkpoint restores whatever the grouping (``max_leaf_size``) and the mesh, saved and
 restored: on one device, a checkpoint written on an ``Explicit`` mesh, and the other way round.
 """
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adam_jax import _ckpt_files, _extras, _hyperparams, flat
+from adam_jax import _ckpt_files, _extras, _hyperparams, state_nodes
 from adam_jax.sharding import state_sharding
 
 PyTree = Any
@@ -182,13 +182,13 @@ def checkpoint_fingerprint(
       ``SCHEDULE_STEPS``). The flat buffers of :func:`adam_jax.flat_moments` are described one
       per parameter, as they are stored.
     """
-    return _fingerprint(params, flat.per_parameter(opt_state, params), config)
+    return _fingerprint(params, state_nodes.per_parameter(opt_state, params), config)
 
 
 def _fingerprint(
     params: PyTree, stored: PyTree, config: Mapping[str, Any] | None
 ) -> dict[str, Any]:
-    """:func:`checkpoint_fingerprint` of the state as stored (``flat.per_parameter``)."""
+    """:func:`checkpoint_fingerprint` of the state as stored (``state_nodes.per_parameter``)."""
     return {
         "format": 2,
         "params": _tree_fingerprint(params),
@@ -242,7 +242,7 @@ def save_checkpoint(
         _recover(directory)
         _ckpt_files.check_replaceable(directory, force, "save_checkpoint")
         staging = _ckpt_files.sibling(directory, "new")
-        stored = flat.per_parameter(opt_state, params)  # flat_moments' buffers per parameter
+        stored = state_nodes.per_parameter(opt_state, params)  # flat_moments' buffers per parameter
         fingerprint = _fingerprint(params, stored, config)
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
             checkpointer.save(
@@ -474,7 +474,7 @@ def restore_checkpoint(
                 "or adam_jax.state_sharding(tx, params)."
             )
     # The state as stored: flat_moments' buffers one per parameter.
-    stored = jax.eval_shape(lambda t: flat.per_parameter(t, abstract_params), target)
+    stored = jax.eval_shape(lambda t: state_nodes.per_parameter(t, abstract_params), target)
     treedef = jax.tree.structure(stored)
     walked = list(_walk(stored))
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
@@ -554,7 +554,9 @@ def restore_checkpoint(
         else:  # inject_hyperparams or a schedule added on resume: the step count
             leaves.append(jax.device_put(_step_count(walked, by_canon, read), sharding))
     opt_state = jax.tree.unflatten(treedef, leaves)
-    return restored.params, flat.from_per_parameter(opt_state, target, abstract_params, shardings)
+    return restored.params, state_nodes.from_per_parameter(
+        opt_state, target, abstract_params, shardings
+    )
 
 
 def _differences(

@@ -32,31 +32,65 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import AxisType
 
-from adam_jax import _checks, _tree
+from adam_jax import _checks, _tree, state_nodes
 
 PyTree = Any
 
 
+@state_nodes.Regrouped.register
 class FlatMomentsState(NamedTuple):
-    """State of :func:`flat_moments`: ``tx``'s state over the flat buffers (a dict per group)."""
+    """State of :func:`flat_moments`: ``tx``'s state over the flat buffers (a dict per group).
+
+    A :class:`adam_jax.state_nodes.Regrouped` state: the state tools lay it out, store it and
+    restore it through the methods below."""
 
     inner_state: Any
 
+    def place(self, own: Any, group: Any, other: Any) -> FlatMomentsState:
+        def one(key: str, node: Any) -> Any:
+            return group(node) if _is_group_key(key) else own(key, node)
 
-def explicit_spec(x: Any) -> tuple | None:
-    """``x``'s partition spec, one entry per axis, when ``x`` (an array, a tracer or a
-    ``jax.ShapeDtypeStruct``) lies on a mesh with ``Explicit`` axes; else ``None``."""
-    if isinstance(x, jax.ShapeDtypeStruct):
-        sharding = x.sharding
-    else:
-        sharding = getattr(jax.typeof(x), "sharding", None)
-    mesh = getattr(sharding, "mesh", None)
-    if mesh is None or not any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ())):
-        return None
-    spec = tuple(sharding.spec)
-    return spec + (None,) * (len(x.shape) - len(spec))
+        return FlatMomentsState(
+            jax.tree.map(
+                lambda x: {k: one(k, v) for k, v in x.items()} if _is_buffers(x) else other,
+                self.inner_state,
+                is_leaf=lambda x: _is_buffers(x) or state_nodes.stands_for_one_param(x),
+            )
+        )
+
+    def own_paths(self) -> frozenset[str]:
+        return frozenset(
+            k
+            for buffers in _buffer_dicts(self.inner_state)
+            for k in buffers
+            if not _is_group_key(k)
+        )
+
+    def per_parameter(self, params: Any) -> FlatMomentsState:
+        """The buffers as ``{path of a leaf of params: its part}``, each part in the leaf's shape
+        and the buffer's dtype, bit for bit: the layout in which every leaf has a buffer of its
+        own, whatever the grouping (``max_leaf_size``) and the shardings were. A dict whose
+        layout cannot be read from ``params`` stays as it is: 8-bit codes (a block spans
+        leaves), and the buffers of some of the parameters only (``optax.masked`` around)."""
+
+        def one(buffers: dict[str, Any]) -> dict[str, Any]:
+            layout = _Layout.of_buffers(buffers, params)
+            if layout is None:
+                return buffers
+            return dict(zip(layout.paths, layout.split(buffers), strict=True))
+
+        return _map_buffers(one, self)
+
+    def from_per_parameter(self, stored: Any, params: Any, shardings: Any) -> FlatMomentsState:
+        def one(parts: dict[str, Any], like: dict[str, Any], placed: dict[str, Any]) -> dict:
+            layout = _Layout.of_buffers(like, params)
+            if layout is None:
+                return parts
+            joined = layout.join([parts[path] for path in layout.paths])
+            return {k: jax.device_put(v, placed[k]) for k, v in joined.items()}
+
+        return _map_buffers(one, stored, self, shardings)
 
 
 class _Layout(NamedTuple):
@@ -72,7 +106,7 @@ class _Layout(NamedTuple):
     def of(cls, tree: PyTree, max_leaf_size: int | None) -> _Layout:
         def own(path: str, leaf: Any) -> bool:
             large = max_leaf_size is not None and math.prod(jnp.shape(leaf)) > max_leaf_size
-            return large or any(a is not None for a in explicit_spec(leaf) or ())
+            return large or any(a is not None for a in _tree.explicit_spec(leaf) or ())
 
         return cls._build(tree, own)
 
@@ -179,7 +213,7 @@ def flat_moments(
     (``lambda m: m.astype(jnp.bfloat16)`` casts every parameter's moments), not shapes (the next
     ``update`` raises ``ValueError``). Extra trees shaped like the parameters
     (``tree_map_params(tx, f, state, specs)``) cannot be paired with the buffers: for shardings
-    use :func:`adam_jax.state_sharding`; ``adam_jax.flat.opaque_buffers_init(tx)`` in place of
+    use :func:`adam_jax.state_sharding`; ``adam_jax.state_nodes.opaque_init(tx)`` in place of
     ``tx`` leaves the flat states to ``transform_non_params``.
 
     Args:
@@ -292,8 +326,13 @@ def _is_buffer_key(key: Any) -> bool:
     """A key of the flat buffers: a group (a dtype name) or a leaf's own (its path)."""
     if not isinstance(key, str):
         return False
+    return key == "" or key.startswith(("[", ".")) or _is_group_key(key)
+
+
+def _is_group_key(key: str) -> bool:
+    """The key of a group buffer: a dtype name ("float32"; not "b1", NumPy's alias of bool)."""
     if key == "" or key.startswith(("[", ".")):
-        return True
+        return False
     try:
         return jnp.dtype(key).name == key
     except TypeError:
@@ -349,91 +388,18 @@ def _check_buffer_shapes(layout: _Layout, inner_state: Any) -> None:
                 )
 
 
-def buffer_sharding(key: str, params_shardings: PyTree, replicated: Any) -> Any:
-    """The sharding of the flat buffer ``key`` for parameters placed as ``params_shardings``: a
-    leaf's own buffer (its key is the leaf's path) keeps the leaf's sharding, a group buffer (its
-    key is a dtype name) is ``replicated``; ``None`` for a key that is neither."""
-    by_path = {
-        jax.tree_util.keystr(path): s
-        for path, s in jax.tree_util.tree_leaves_with_path(params_shardings)
-    }
-    if key in by_path:
-        return by_path[key]
-    try:
-        is_group = jnp.dtype(key).name == key  # "float32"; not "b1", a NumPy alias of bool
-    except TypeError:
-        return None
-    return replicated if is_group else None
-
-
-def opaque_buffers_init(tx: optax.GradientTransformation) -> Any:
-    """``tx.init`` for ``optax.tree_utils.tree_map_params`` with extra trees shaped like the
-    parameters (their shardings, say): the flat buffers are not laid out like the parameters,
-    so each :class:`FlatMomentsState` of the probe's answer is one opaque leaf, and
-    ``tree_map_params`` hands that whole state to ``transform_non_params`` (the caller then lays
-    it out by its buffers' keys, as :func:`adam_jax.state_sharding` does)."""
-    is_flat = lambda x: isinstance(x, FlatMomentsState)
-    opaque = "flat_moments: buffers not laid out like the parameters"
-    return lambda params: jax.tree.map(
-        lambda x: opaque if is_flat(x) else x, tx.init(params), is_leaf=is_flat
-    )
-
-
 # Checkpoints store the flat buffers one per parameter, so that a checkpoint does not depend on
 # how the leaves were grouped (max_leaf_size) or sharded (own buffers on Explicit meshes).
 
 
-def _map_buffers(f: Any, state: PyTree, *rest: PyTree) -> PyTree:
-    """``state`` with ``f(buffers, *others)`` in place of every dict of flat buffers in every
-    :class:`FlatMomentsState`; ``rest``: trees of ``state``'s structure down to those dicts."""
-    is_flat = lambda x: isinstance(x, FlatMomentsState)
-
-    def in_flat(node: Any, *others: Any) -> Any:
-        if not is_flat(node):
-            return node
-        return FlatMomentsState(
-            jax.tree.map(
-                lambda b, *o: f(b, *o) if _is_buffers(b) else b,
-                node.inner_state,
-                *(o.inner_state for o in others),
-                is_leaf=_is_buffers,
-            )
+def _map_buffers(f: Any, node: FlatMomentsState, *others: FlatMomentsState) -> FlatMomentsState:
+    """``node`` with ``f(buffers, *others' parts)`` in place of every dict of flat buffers;
+    ``others``: states of ``node``'s structure down to those dicts."""
+    return FlatMomentsState(
+        jax.tree.map(
+            lambda b, *o: f(b, *o) if _is_buffers(b) else b,
+            node.inner_state,
+            *(o.inner_state for o in others),
+            is_leaf=_is_buffers,
         )
-
-    return jax.tree.map(in_flat, state, *rest, is_leaf=is_flat)
-
-
-def per_parameter(state: PyTree, params: PyTree) -> PyTree:
-    """``state`` with its flat buffers one per parameter: as checkpoints store them.
-
-    Every dict of flat buffers in every :class:`FlatMomentsState` of ``state`` becomes
-    ``{path of a leaf of params: its part of the buffers}``, each part in the leaf's shape and
-    the buffer's dtype, bit for bit: the layout in which every leaf has a buffer of its own,
-    whatever the grouping (``max_leaf_size``) and the shardings were. A dict whose layout cannot
-    be read from ``params`` stays as it is: 8-bit codes (a block spans leaves), and the buffers
-    of some of the parameters only (``optax.masked`` around ``flat_moments``).
-    """
-
-    def one(buffers: dict[str, Any]) -> dict[str, Any]:
-        layout = _Layout.of_buffers(buffers, params)
-        if layout is None:
-            return buffers
-        return dict(zip(layout.paths, layout.split(buffers), strict=True))
-
-    return _map_buffers(one, state)
-
-
-def from_per_parameter(stored: PyTree, target: PyTree, params: PyTree, shardings: PyTree) -> PyTree:
-    """The inverse of :func:`per_parameter` into the layout of ``target`` (the state to restore,
-    e.g. ``jax.eval_shape(tx.init, params)``): each of its dicts of flat buffers is joined from
-    the parts in ``stored`` and put on ``shardings`` (the state's); the rest of ``stored`` is
-    returned as it is."""
-
-    def one(parts: dict[str, Any], like: dict[str, Any], placed: dict[str, Any]) -> dict:
-        layout = _Layout.of_buffers(like, params)
-        if layout is None:
-            return parts
-        joined = layout.join([parts[path] for path in layout.paths])
-        return {k: jax.device_put(v, placed[k]) for k, v in joined.items()}
-
-    return _map_buffers(one, stored, target, shardings)
+    )

@@ -26,8 +26,7 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from adam_jax import _hyperparams, _tree, _validate
-from adam_jax.averaging import find_state
+from adam_jax import _hyperparams, _tree, _validate, state_nodes
 from adam_jax.transforms import ScaleByAdamaxState, ScaleByAdamState
 
 _ADAM_STATES = (ScaleByAdamState, ScaleByAdamaxState, optax.ScaleByAdamState)
@@ -155,7 +154,7 @@ def monitor(
 
     def init_fn(params: optax.Params) -> MonitorState:
         inner_state = tx.init(params)
-        adam_state = find_state(inner_state, _ADAM_STATES, "monitor")
+        adam_state = _tree.find_state(inner_state, _ADAM_STATES, "monitor")
         hyperparameters(inner_state, adam_state)  # fail now, not inside the first jitted step
         zero = jnp.zeros([], jnp.float32)
         izero = jnp.zeros([], jnp.int32)
@@ -171,7 +170,7 @@ def monitor(
         grads = updates
         inner_update = optax.with_extra_args_support(tx).update
         updates, inner_state = inner_update(grads, state.inner_state, params, **extra)
-        adam_state = find_state(inner_state, _ADAM_STATES, "monitor")
+        adam_state = _tree.find_state(inner_state, _ADAM_STATES, "monitor")
         lr, beta1, beta2 = hyperparameters(inner_state, adam_state)
         if every == 1:
             stats = _stats(grads, updates, adam_state, lr, beta1, beta2, near)
@@ -182,7 +181,7 @@ def monitor(
                 # (gradients, the state before the step, params): handing it the step's own
                 # updates would force XLA to write them out at every step.
                 again, inner_again = inner_update(grads, state.inner_state, params, **extra)
-                adam_again = find_state(inner_again, _ADAM_STATES, "monitor")
+                adam_again = _tree.find_state(inner_again, _ADAM_STATES, "monitor")
                 return _stats(grads, again, adam_again, lr, beta1, beta2, near)
 
             due = (adam_state.count - 1) % every == 0  # t = 1, 1 + every, 1 + 2 every, ...
@@ -249,10 +248,8 @@ def _trained(updates: optax.Updates, mu: Any, grads: optax.Updates) -> optax.Upd
     the gradient itself (``optax.masked`` hands masked-out gradients through untouched), and
     leaves where the moments hold ``optax.MaskedNode`` (frozen by ``optax.masked`` or
     ``optax.partition``, when the moments are laid out like the updates)."""
-    from adam_jax.quantize import QuantizedMoment  # an optional extension
-
     updates = jax.tree.map(lambda u, g: None if u is g else u, updates, grads)
-    stop = lambda x: isinstance(x, (optax.MaskedNode, QuantizedMoment))
+    stop = state_nodes.stands_for_one_param
     try:
         return jax.tree.map(
             lambda m, u: None if isinstance(m, optax.MaskedNode) else u,
@@ -262,14 +259,6 @@ def _trained(updates: optax.Updates, mu: Any, grads: optax.Updates) -> optax.Upd
         )
     except ValueError:  # moments in another layout (flat_moments)
         return updates
-
-
-def _decoded(moments: Any) -> Any:
-    """A moment tree with 8-bit ``quantized_moments`` leaves decoded to their float values."""
-    from adam_jax.quantize import QuantizedMoment, dequantize  # an optional extension
-
-    is_q = lambda x: isinstance(x, QuantizedMoment)
-    return jax.tree.map(lambda x: dequantize(x) if is_q(x) else x, moments, is_leaf=is_q)
 
 
 def _stats(
@@ -305,8 +294,8 @@ def _stats(
         [jnp.ravel(x) for x in jax.tree.leaves(tree)]
         for tree in (
             _trained(updates, adam_state.mu, grads),
-            _decoded(adam_state.mu),
-            _decoded(adam_state.nu),
+            state_nodes.values(adam_state.mu),
+            state_nodes.values(adam_state.nu),
             grads,
         )
     )
@@ -323,7 +312,7 @@ def _stats(
 
     def count(flags: jax.Array) -> jax.Array:
         # A float32 sum (exact up to 2^24 elements a leaf): XLA:CPU sums float32 in one fast pass
-        # but an int32 sum as a tree of reduce-windows over a converted copy, 5x slower.
+        # but an int32 sum as a slower tree of reduce-windows over a converted copy.
         return jnp.sum(jnp.where(flags, 1.0, 0.0).astype(f32))
 
     mean_snr = total([snr_sum(m, v) for m, v in zip(ms, vs, strict=True)]) * snr_factor / size
@@ -346,5 +335,5 @@ def step_stats(opt_state: optax.OptState) -> dict[str, jax.Array]:
 
     ``opt_state`` is the state of :func:`monitor`, or of any transformation containing exactly one.
     """
-    state = find_state(opt_state, MonitorState, "step_stats")
+    state = _tree.find_state(opt_state, MonitorState, "step_stats")
     return dict(state.stats._asdict())

@@ -39,7 +39,6 @@ without the wrapper.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, NamedTuple
 
@@ -47,9 +46,7 @@ import jax
 import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec, Sharding
 
-from adam_jax.flat import FlatMomentsState
-from adam_jax.quantize import QuantizedMoment, block_axis_partition, block_layout
-from adam_jax.sharding import _scales_sharding, _stands_for_one_param
+from adam_jax import state_nodes
 
 PyTree = Any
 
@@ -113,16 +110,8 @@ def _names(entry: Any) -> tuple[str, ...]:
     return tuple(entry) if isinstance(entry, tuple) else (entry,)
 
 
-def _blocks_fit(spec: tuple, mesh_shape: Any, shape: tuple, dim: int, block_size: int) -> bool:
-    """Whether 8-bit codes split as ``spec`` (along ``dim``) split their block scales with them."""
-    k = block_layout(shape, block_size)[0]
-    if dim < len(shape) - k:  # a leading axis: the scales keep it
-        return True
-    return dim == len(shape) - k and block_axis_partition(spec, mesh_shape, shape, block_size)
-
-
 def _split_spec(
-    shape: tuple[int, ...], spec: tuple, mesh_shape: Any, axis: str, block_sizes: frozenset
+    shape: tuple[int, ...], spec: tuple, mesh_shape: Any, axis: str, nodes: tuple = ()
 ) -> tuple[tuple | None, str]:
     """The spec of a parameter's state with ``axis`` added, or ``(None, why)`` to keep it whole."""
     spec = tuple(spec) + (None,) * (len(shape) - len(tuple(spec)))
@@ -135,10 +124,12 @@ def _split_spec(
             continue
         entry = (*names, axis)
         new = (*spec[:dim], entry[0] if len(entry) == 1 else entry, *spec[dim + 1 :])
-        if all(_blocks_fit(new, mesh_shape, shape, dim, b) for b in block_sizes):
+        if all(node.splits_along(new, mesh_shape, dim) for node in nodes):
             return new, ""
     return None, f"no dimension of {shape} divides by {n} devices" + (
-        f" in whole 8-bit blocks of {sorted(block_sizes)}" if block_sizes else ""
+        f" into whole pieces of its {', '.join(sorted({type(x).__name__ for x in nodes}))} state"
+        if nodes
+        else ""
     )
 
 
@@ -170,23 +161,24 @@ def _plan(tx: optax.GradientTransformation, params: PyTree, axis: str) -> _Plan:
     abstract_state = jax.eval_shape(tx.init, abstract)
     index = jax.tree.unflatten(treedef, list(range(len(shapes))))
 
-    # 1. Which 8-bit block sizes sit at each parameter (their blocks must not straddle devices).
-    blocks: dict[int, set[int]] = {}
+    # 1. The state nodes standing for each parameter that are more than one array (8-bit
+    # moments): their pieces (blocks) must not straddle two devices.
+    nodes: dict[int, list[Any]] = {}
 
     def note(node: Any, i: int) -> Any:
-        if isinstance(node, QuantizedMoment):
-            blocks.setdefault(i, set()).add(node.block_size)
+        if isinstance(node, state_nodes.ParamNode):
+            nodes.setdefault(i, []).append(node)
         return node
 
-    probe = _flat_hidden(tx)
+    probe = state_nodes.opaque_init(tx)
     optax.tree_utils.tree_map_params(
-        probe, note, abstract_state, index, is_leaf=_stands_for_one_param
+        probe, note, abstract_state, index, is_leaf=state_nodes.stands_for_one_param
     )
 
     # 2. One layout per parameter, for its gradient and every state leaf standing for it.
     split, whole, specs = [], [], []
     for i, ((path, s), shape) in enumerate(zip(leaves_with_path, shapes, strict=True)):
-        spec, why = _split_spec(shape, s.spec, mesh.shape, axis, frozenset(blocks.get(i, ())))
+        spec, why = _split_spec(shape, s.spec, mesh.shape, axis, tuple(nodes.get(i, ())))
         specs.append(s if spec is None else NamedSharding(mesh, PartitionSpec(*spec)))
         name = jax.tree_util.keystr(path)
         if spec is None:
@@ -200,33 +192,23 @@ def _plan(tx: optax.GradientTransformation, params: PyTree, axis: str) -> _Plan:
         )
         abstract_state = jax.eval_shape(tx.init, abstract)
 
-    def like_param(node: Any, i: int) -> Any:
-        if isinstance(node, optax.MaskedNode):
-            return node
-        layout = specs[i]
-        if isinstance(node, QuantizedMoment):
-            scales = _scales_sharding(layout, shapes[i], node.block_size, replicated)
-            return dataclasses.replace(node, codes=layout, scales=scales)
-        return layout
-
     state = optax.tree_utils.tree_map_params(
         probe,
-        like_param,
+        lambda node, i: state_nodes.place_like_param(node, specs[i], replicated),
         abstract_state,
         index,
         transform_non_params=lambda _: replicated,
-        is_leaf=_stands_for_one_param,
+        is_leaf=state_nodes.stands_for_one_param,
     )
-    is_flat = lambda x: isinstance(x, FlatMomentsState)
-    state = jax.tree.map(
-        lambda out, node: _flat_layout(node, grads, mesh, axis) if is_flat(node) else out,
-        state,
-        abstract_state,
-        is_leaf=lambda x: is_flat(x) or isinstance(x, Sharding),
+    state = state_nodes.place_regrouped(
+        state, abstract_state, lambda node: _regrouped_layout(node, grads, mesh, axis)
     )
-    flat = [n for n in jax.tree.leaves(abstract_state, is_leaf=is_flat) if is_flat(n)]
-    if flat:  # leaves concatenated into a group buffer: their gradients stay as the parameters
-        own = {k for n in flat for k in _buffers(n.inner_state)}
+    is_regrouped = state_nodes.is_regrouped
+    regrouped = [
+        n for n in jax.tree.leaves(abstract_state, is_leaf=is_regrouped) if is_regrouped(n)
+    ]
+    if regrouped:  # leaves concatenated into a group buffer: their gradients stay as the params
+        own = {p for n in regrouped for p in n.own_paths()}
         grads = jax.tree.unflatten(
             treedef,
             [
@@ -238,61 +220,30 @@ def _plan(tx: optax.GradientTransformation, params: PyTree, axis: str) -> _Plan:
     return _Plan(grads, shardings, state, report)
 
 
-def _flat_hidden(tx: optax.GradientTransformation) -> Any:
-    """``tx.init`` for ``optax.tree_utils.tree_map_params`` with each :class:`FlatMomentsState`
-    one opaque leaf: its buffers are not laid out like the parameters (they are laid out by
-    :func:`_flat_layout`, from their keys)."""
-    is_flat = lambda x: isinstance(x, FlatMomentsState)
-    opaque = "flat_moments: buffers not laid out like the parameters"
-    return lambda params: jax.tree.map(
-        lambda x: opaque if is_flat(x) else x, tx.init(params), is_leaf=is_flat
-    )
-
-
-def _buffers(inner_state: Any) -> set[str]:
-    """The keys of the flat buffers found in a :func:`adam_jax.flat_moments` inner state."""
-    found: set[str] = set()
-    is_dict = lambda x: isinstance(x, dict) and x and all(isinstance(k, str) for k in x)
-    for x in jax.tree.leaves(inner_state, is_leaf=is_dict):
-        if is_dict(x):
-            found.update(x)
-    return found
-
-
-def _flat_layout(node: FlatMomentsState, grads: PyTree, mesh: Any, axis: str) -> FlatMomentsState:
-    """Layout of a :func:`adam_jax.flat_moments` state: a leaf's own buffer is laid out as that
-    leaf's state; a group buffer (1-D) is split over ``axis`` where its length (and 8-bit blocks)
-    allow (on a mesh of ``Explicit`` axes the split leaves have buffers of their own, and a group
-    buffer, of the leaves kept whole, stays whole); everything else is replicated."""
+def _regrouped_layout(node: Any, grads: PyTree, mesh: Any, axis: str) -> Any:
+    """Layout of a regrouped state (:func:`adam_jax.flat_moments`): a parameter's own buffer is
+    laid out as that parameter's state; a group buffer (1-D) is split over ``axis`` where its
+    length (and its pieces, such as 8-bit blocks) allow (on a mesh of ``Explicit`` axes the
+    split leaves have buffers of their own, and a group buffer, of the leaves kept whole, stays
+    whole); everything else is replicated."""
     by_path = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_leaves_with_path(grads)}
     replicated = NamedSharding(mesh, PartitionSpec())
 
-    def buffer(key: str, x: Any) -> Any:
-        if key in by_path:
-            layout = by_path[key]
-        elif _explicit(mesh):  # the leaves kept whole: flat_moments cannot slice a split buffer
+    def group(x: Any) -> Any:
+        if _explicit(mesh):  # the leaves kept whole: flat_moments cannot slice a split buffer
             layout = replicated
         else:
-            shape = tuple((x.codes if isinstance(x, QuantizedMoment) else x).shape)
-            sizes = frozenset([x.block_size] if isinstance(x, QuantizedMoment) else [])
-            spec, _ = _split_spec(shape, (), mesh.shape, axis, sizes)
+            is_node = isinstance(x, state_nodes.ParamNode)
+            spec, _ = _split_spec(tuple(x.shape), (), mesh.shape, axis, (x,) if is_node else ())
             layout = replicated if spec is None else NamedSharding(mesh, PartitionSpec(*spec))
-        if isinstance(x, QuantizedMoment):
-            scales = _scales_sharding(layout, tuple(x.codes.shape), x.block_size, replicated)
-            return dataclasses.replace(x, codes=layout, scales=scales)
-        return layout
+        return state_nodes.place_like_param(x, layout, replicated)
 
-    is_buffers = lambda x: isinstance(x, dict) and x and all(isinstance(k, str) for k in x)
-
-    def one(x: Any) -> Any:
-        if is_buffers(x):
-            return {k: buffer(k, v) for k, v in x.items()}
-        return replicated
-
-    return FlatMomentsState(
-        jax.tree.map(
-            one, node.inner_state, is_leaf=lambda x: is_buffers(x) or _stands_for_one_param(x)
-        )
+    return node.place(
+        own=lambda path, x: state_nodes.place_like_param(
+            x, by_path.get(path, replicated), replicated
+        ),
+        group=group,
+        other=replicated,
     )
 
 

@@ -74,10 +74,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
-from adam_jax import _tree
-from adam_jax.flat import FlatMomentsState, explicit_spec
+from adam_jax import _tree, state_nodes
 from adam_jax.transforms import ScaleByAdamaxState, ScaleByAdamState
 
 PyTree = Any
@@ -94,8 +93,11 @@ _SCALE_MAX = 2.0**126
     meta_fields=["dtype", "block_size", "exponent_bits"],
 )
 @dataclasses.dataclass(frozen=True, repr=False)
-class QuantizedMoment:
+class QuantizedMoment(state_nodes.ParamNode):
     """One moment of one parameter, stored as ``scales * f(codes)`` block by block.
+
+    A :class:`adam_jax.state_nodes.ParamNode`: the state tools place, split and read it through
+    the methods below.
 
     Attributes:
       codes: ``int8`` (values of either sign) or ``uint8`` (non-negative values), in the
@@ -126,6 +128,96 @@ class QuantizedMoment:
             f"exponent_bits={self.exponent_bits})"
         )
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.codes.shape)
+
+    def place(self, layout: Any, replicated: Any) -> QuantizedMoment:
+        """Codes laid out as the parameter; the scales keep the parameter's leading axes'
+        partition, and the block axis gets what :func:`block_axis_partition` allows."""
+        if isinstance(layout, NamedSharding):
+            blocks = _blocks_of(self.shape, self.block_size)
+            spec = tuple(layout.spec) + (None,) * (len(self.shape) - len(tuple(layout.spec)))
+            axis = blocks.axis_partition(spec, layout.mesh.shape)
+            scales = NamedSharding(layout.mesh, PartitionSpec(*spec[: len(blocks.lead)], axis))
+        else:
+            scales = layout if layout.is_fully_replicated else replicated
+        return dataclasses.replace(self, codes=layout, scales=scales)
+
+    def splits_along(self, spec: tuple, mesh_shape: Any, dim: int) -> bool:
+        """Along a leading axis the scales split with the codes; along the block axis only when
+        every device holds whole blocks."""
+        blocks = _blocks_of(self.shape, self.block_size)
+        if dim < len(blocks.lead):
+            return True
+        return dim == len(blocks.lead) and blocks.axis_partition(spec, mesh_shape) is not None
+
+    def value(self) -> jax.Array:
+        return dequantize(self)
+
+
+class _Blocks(NamedTuple):
+    """How an array of ``shape`` is cut into blocks (see :func:`block_layout`), with the reshapes
+    that every 8-bit step shares: computed once per shape and block size (:func:`_blocks_of`)."""
+
+    shape: tuple[int, ...]
+    k: int  # the merged last axes
+    blocks: int
+    block: int
+
+    @property
+    def lead(self) -> tuple[int, ...]:
+        """The leading axes, kept: the scales have shape ``lead + (blocks,)``."""
+        return self.shape[: len(self.shape) - self.k]
+
+    @property
+    def merged(self) -> int:
+        """The number of elements along the merged last axes."""
+        return math.prod(self.shape[len(self.shape) - self.k :])
+
+    def axis_partition(self, spec: tuple, mesh_shape: Any) -> Any:
+        """See :func:`block_axis_partition`."""
+        merged = tuple(spec[len(self.shape) - self.k :])
+        axis = merged[0] if merged else None
+        if axis is None or any(m is not None for m in merged[1:]):
+            return None
+        names = axis if isinstance(axis, tuple) else (axis,)
+        whole = self.blocks * self.block == self.merged
+        return (
+            axis if whole and self.blocks % math.prod(mesh_shape[n] for n in names) == 0 else None
+        )
+
+    def rows(self, x: jax.Array) -> jax.Array:
+        """``x`` as ``lead + (blocks, block)``, the last block padded with zeros."""
+        flat = x.reshape(*self.lead, self.merged)  # (not -1: size 0)
+        if self.blocks * self.block > self.merged:
+            pad = self.blocks * self.block - self.merged
+            flat = jnp.pad(flat, [(0, 0)] * len(self.lead) + [(0, pad)])
+        return flat.reshape(*self.lead, self.blocks, self.block)
+
+    def spread(self, per_block: jax.Array) -> jax.Array:
+        """One value per block spread over the block's elements, in ``shape``; fuses in XLA."""
+        x = jnp.broadcast_to(per_block[..., None], (*self.lead, self.blocks, self.block))
+        x = x.reshape(*self.lead, self.blocks * self.block)
+        if self.blocks * self.block != self.merged:
+            x = x[..., : self.merged]
+        return x.reshape(self.shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def _blocks_of(shape: tuple[int, ...], block_size: int) -> _Blocks:
+    k = 1 if shape else 0
+    while k < len(shape) and math.prod(shape[-k:]) < block_size:
+        k += 1
+    n = math.prod(shape[len(shape) - k :])
+    if n <= block_size:
+        return _Blocks(shape, k, 1, max(1, n))
+    divisor = next(b for b in range(block_size, 0, -1) if n % b == 0)
+    if 2 * divisor >= block_size:
+        return _Blocks(shape, k, n // divisor, divisor)
+    blocks = -(-n // block_size)
+    return _Blocks(shape, k, blocks, -(-n // blocks))
+
 
 def block_layout(shape: tuple[int, ...], block_size: int) -> tuple[int, int, int]:
     """``(k, blocks, block)``: how an array of ``shape`` is cut into blocks.
@@ -136,17 +228,8 @@ def block_layout(shape: tuple[int, ...], block_size: int) -> tuple[int, int, int
     with a shorter last one. The leading axes ``shape[:-k]`` are kept, so the scales have shape
     ``shape[:-k] + (blocks,)``.
     """
-    k = 1 if shape else 0
-    while k < len(shape) and math.prod(shape[-k:]) < block_size:
-        k += 1
-    n = math.prod(shape[len(shape) - k :])
-    if n <= block_size:
-        return k, 1, max(1, n)
-    divisor = next(b for b in range(block_size, 0, -1) if n % b == 0)
-    if 2 * divisor >= block_size:
-        return k, n // divisor, divisor
-    blocks = -(-n // block_size)
-    return k, blocks, -(-n // blocks)
+    _, k, blocks, block = _blocks_of(tuple(shape), block_size)
+    return k, blocks, block
 
 
 def block_axis_partition(spec: tuple, mesh_shape: Any, shape: tuple, block_size: int) -> Any:
@@ -157,29 +240,18 @@ def block_axis_partition(spec: tuple, mesh_shape: Any, shape: tuple, block_size:
     partitioned and every shard holds whole blocks (as for a last axis of 1024 in blocks of 256
     over 2 devices), else the blocks are not partitioned.
     """
-    k, blocks, block = block_layout(shape, block_size)
-    merged = tuple(spec[len(shape) - k :])
-    axis = merged[0] if merged else None
-    if axis is None or any(m is not None for m in merged[1:]):
-        return None
-    names = axis if isinstance(axis, tuple) else (axis,)
-    whole = blocks * block == math.prod(shape[len(shape) - k :])
-    return axis if whole and blocks % math.prod(mesh_shape[n] for n in names) == 0 else None
+    return _blocks_of(tuple(shape), block_size).axis_partition(spec, mesh_shape)
 
 
-def _blockable(x: jax.Array, block_size: int) -> jax.Array:
+def _blockable(x: jax.Array, blocks: _Blocks) -> jax.Array:
     """``x``, with the merged last axes unpartitioned on an Explicit mesh where the block axis
     cannot carry their partition (so that the reshapes into blocks are defined)."""
-    spec = explicit_spec(x)
-    if spec is None:
+    spec = _tree.explicit_spec(x)
+    if spec is None or blocks.axis_partition(spec, jax.typeof(x).sharding.mesh.shape):
         return x
-    shape = tuple(x.shape)
-    k = block_layout(shape, block_size)[0]
-    if block_axis_partition(spec, jax.typeof(x).sharding.mesh.shape, shape, block_size):
+    if all(s is None for s in spec[len(blocks.lead) :]):
         return x
-    if all(s is None for s in spec[len(shape) - k :]):
-        return x
-    return jax.sharding.reshard(x, PartitionSpec(*spec[: len(shape) - k]))
+    return jax.sharding.reshard(x, PartitionSpec(*spec[: len(blocks.lead)]))
 
 
 def _block_max(x: jax.Array, block_size: int) -> jax.Array:
@@ -193,19 +265,13 @@ def _block_maxes(xs: tuple[jax.Array, ...], block_size: int) -> tuple[jax.Array,
     """:func:`_block_max` of each of the arrays ``xs`` (of one shape), from one reduction: the
     moments of a leaf are computed from the same gradient, which is then read once.
 
-    Each is taken as ``max(max x, -min x)``, a two-output reduction: XLA:CPU runs it about three
-    times as fast as a reduction of ``|x|``."""
-    shape = tuple(xs[0].shape)
-    k, blocks, block = block_layout(shape, block_size)
-    lead = shape[: len(shape) - k]
-    n = math.prod(shape[len(shape) - k :])
+    Each is taken as ``max(max x, -min x)``, a two-output reduction, which XLA:CPU runs faster
+    than a reduction of ``|x|``."""
+    blocks = _blocks_of(tuple(xs[0].shape), block_size)
 
     def rows(x: jax.Array) -> jax.Array:
-        flat = _blockable(x, block_size).astype(jnp.float32).reshape(*lead, n)  # (-1: size 0)
-        flat = jnp.where(jnp.isnan(flat), np.float32(0), flat)
-        if blocks * block > n:
-            flat = jnp.pad(flat, [(0, 0)] * len(lead) + [(0, blocks * block - n)])
-        return flat.reshape(*lead, blocks, block)
+        x = _blockable(x, blocks).astype(jnp.float32)
+        return blocks.rows(jnp.where(jnp.isnan(x), np.float32(0), x))
 
     operands = [r for x in xs for r in (rows(x), rows(x))]
     inits = [np.float32(v) for _ in xs for v in (-np.inf, np.inf)]
@@ -216,24 +282,16 @@ def _block_maxes(xs: tuple[jax.Array, ...], block_size: int) -> tuple[jax.Array,
             for i, (u, w) in enumerate(zip(a, b, strict=True))
         )
 
-    ext = jax.lax.reduce(tuple(operands), tuple(inits), combine, (len(lead) + 1,))
+    ext = jax.lax.reduce(tuple(operands), tuple(inits), combine, (len(blocks.lead) + 1,))
     return tuple(jnp.maximum(ext[2 * i], -ext[2 * i + 1]) for i in range(len(xs)))
 
 
 def _per_element(per_block: jax.Array, like: jax.Array, block_size: int) -> jax.Array:
     """Spread one value per block over the block's elements, shaped (and on an Explicit mesh
     sharded) like ``like``; fuses in XLA."""
-    shape = tuple(like.shape)
-    k, blocks, block = block_layout(shape, block_size)
-    lead = shape[: len(shape) - k]
-    x = jnp.broadcast_to(per_block[..., None], (*lead, blocks, block))
-    x = x.reshape(*lead, blocks * block)
-    n = math.prod(shape[len(shape) - k :])
-    if blocks * block != n:
-        x = x[..., :n]
-    x = x.reshape(shape)
-    spec = explicit_spec(like)
-    if spec is not None and explicit_spec(x) != spec:
+    x = _blocks_of(tuple(like.shape), block_size).spread(per_block)
+    spec = _tree.explicit_spec(like)
+    if spec is not None and _tree.explicit_spec(x) != spec:
         x = jax.sharding.reshard(x, PartitionSpec(*spec))
     return x
 
@@ -530,7 +588,7 @@ def quantized_moments(
     def init_fn(params: optax.Params) -> QuantizedMomentsState:
         _check_params(params)
         inner = tx.init(params)
-        is_flat = lambda x: isinstance(x, FlatMomentsState)
+        is_flat = state_nodes.is_regrouped
         if any(is_flat(n) for n in jax.tree.leaves(inner, is_leaf=is_flat)):
             raise ValueError(
                 "quantized_moments: tx contains flat_moments; put flat_moments outside, as "
@@ -606,11 +664,10 @@ def quantized_moments(
         updates: optax.Updates, state: QuantizedMomentsState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, QuantizedMomentsState]:
         stored = state.inner_state
-        decoded = jax.tree.map(
-            lambda x: dequantize(x) if _is_quantized(x) else x, stored, is_leaf=_is_quantized
-        )
-        updates, new_inner = tx.update(updates, decoded, params)  # the unchanged math
-        return updates, QuantizedMomentsState(_map_moments(_encoded, new_inner, stored))
+        decoded = state_nodes.values(stored)  # 1. decode the 8-bit moments
+        updates, new_inner = tx.update(updates, decoded, params)  # 2. the unchanged math
+        encoded = _map_moments(_encoded, new_inner, stored)  # 3. encode, paired by structure
+        return updates, QuantizedMomentsState(encoded)
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -8,15 +8,13 @@ model. :func:`state_sharding` states that layout ahead of time, without running 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
-from adam_jax.flat import FlatMomentsState, buffer_sharding, opaque_buffers_init
-from adam_jax.quantize import QuantizedMoment, block_axis_partition, block_layout
+from adam_jax import state_nodes
 
 PyTree = Any
 
@@ -51,33 +49,6 @@ def _replicated(shardings: list[Sharding]) -> Sharding:
     )
 
 
-def _stands_for_one_param(node: Any) -> bool:
-    """State nodes that sit where a parameter leaf sits: 8-bit moments, optax's masked leaves."""
-    return isinstance(node, (QuantizedMoment, optax.MaskedNode))
-
-
-def _scales_sharding(param: Sharding, shape: tuple[int, ...], block_size: int, fallback):
-    """Sharding of the per-block scales of a parameter of ``shape`` sharded as ``param``: the
-    parameter's leading axes keep their partition, the block axis as ``block_axis_partition``."""
-    if not isinstance(param, NamedSharding):
-        return param if param.is_fully_replicated else fallback
-    k = block_layout(shape, block_size)[0]
-    spec = tuple(param.spec) + (None,) * (len(shape) - len(tuple(param.spec)))
-    axis = block_axis_partition(spec, param.mesh.shape, shape, block_size)
-    return NamedSharding(param.mesh, PartitionSpec(*spec[: len(shape) - k], axis))
-
-
-def _like_param(node: Any, sharding: Sharding, replicated: Sharding) -> Any:
-    """The sharding(s) of the state node standing for a parameter sharded as ``sharding``."""
-    if isinstance(node, optax.MaskedNode):
-        return node
-    if isinstance(node, QuantizedMoment):  # codes have the parameter's shape
-        shape = tuple(node.codes.shape)
-        scales = _scales_sharding(sharding, shape, node.block_size, replicated)
-        return dataclasses.replace(node, codes=sharding, scales=scales)
-    return sharding
-
-
 def state_sharding(tx: optax.GradientTransformation, params: PyTree) -> PyTree:
     """The sharding of each leaf of ``tx.init(params)``, computed without allocating state.
 
@@ -108,38 +79,24 @@ def state_sharding(tx: optax.GradientTransformation, params: PyTree) -> PyTree:
     )
     abstract_state = jax.eval_shape(tx.init, abstract)
     result = optax.tree_utils.tree_map_params(
-        opaque_buffers_init(tx),  # flat buffers are laid out below, by their keys
-        lambda node, sharding: _like_param(node, sharding, replicated),
+        state_nodes.opaque_init(tx),  # regrouped states (flat_moments) are laid out below
+        lambda node, sharding: state_nodes.place_like_param(node, sharding, replicated),
         abstract_state,
         shardings,
         transform_non_params=lambda _: replicated,
-        is_leaf=_stands_for_one_param,
+        is_leaf=state_nodes.stands_for_one_param,
     )
-    is_flat = lambda x: isinstance(x, FlatMomentsState)
-    return jax.tree.map(
-        lambda out, node: _flat_state(node, shardings, replicated) if is_flat(node) else out,
+    by_path = {
+        jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_leaves_with_path(shardings)
+    }
+    return state_nodes.place_regrouped(
         result,
         abstract_state,
-        is_leaf=lambda x: is_flat(x) or isinstance(x, Sharding),
-    )
-
-
-def _flat_state(node: FlatMomentsState, shardings: PyTree, replicated: Sharding):
-    """Shardings of a :func:`adam_jax.flat_moments` state: in its inner state, every dict keyed
-    by the flat buffers (a moment, its codes) follows the buffers' shardings; the rest is
-    replicated."""
-    buffer = lambda key: buffer_sharding(key, shardings, replicated)
-    is_buffers = lambda x: (
-        isinstance(x, dict) and x and all(isinstance(k, str) and buffer(k) is not None for k in x)
-    )
-
-    def one(x: Any) -> Any:
-        if not is_buffers(x):
-            return replicated
-        return {k: _like_param(v, buffer(k), replicated) for k, v in x.items()}
-
-    return FlatMomentsState(
-        jax.tree.map(
-            one, node.inner_state, is_leaf=lambda x: is_buffers(x) or _stands_for_one_param(x)
-        )
+        lambda node: node.place(
+            own=lambda path, x: state_nodes.place_like_param(
+                x, by_path.get(path, replicated), replicated
+            ),
+            group=lambda x: state_nodes.place_like_param(x, replicated, replicated),
+            other=replicated,
+        ),
     )

@@ -167,9 +167,11 @@ def test_hyperparameter_records_stay_out_of_the_buffers():
     assert set(adam_state.mu) == {"float32"}
     assert all(jnp.shape(v) == () for v in adam_state.hyperparams.values())
     assert float(adam_state.hyperparams["learning_rate"]) == pytest.approx(1e-2)
-    # "b1", a hyperparameter's name, is also NumPy's alias of bool: not a buffer key.
-    assert adam_jax.flat.buffer_sharding("b1", {}, "replicated") is None
-    assert adam_jax.flat.buffer_sharding("float32", {}, "replicated") == "replicated"
+    # "b1", a hyperparameter's name, is also NumPy's alias of bool: not a buffer key. Laid out
+    # through the state_nodes protocol, the records are "other", the buffers a "group".
+    placed = state.place(own=lambda path, x: "own", group=lambda x: "group", other="other")
+    assert placed.inner_state[0].mu == {"float32": "group"}
+    assert set(placed.inner_state[0].hyperparams.values()) == {"other"}
 
 
 def test_tree_map_params_reaches_the_flat_moments():

@@ -23,6 +23,7 @@ LIBRARY_ORDER = [
     "adam_jax._ckpt_files",
     "adam_jax._moved",
     "adam_jax._tree",
+    "adam_jax.state_nodes",
     "adam_jax._hyperparams",
     "adam_jax.schedules",
     "adam_jax.transforms",
