@@ -14,6 +14,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -83,3 +85,46 @@ def pytest_report_header(config) -> str:
 
     names = ("jax", "jaxlib", "optax", "chex", "numpy", "torch", "keras")
     return f"Python {sys.version.split()[0]}: " + ", ".join(f"{n} {version(n)}" for n in names)
+
+
+@pytest.fixture
+def shared_jax_cache(tmp_path_factory, monkeypatch):
+    """One persistent JAX compilation cache for the JAX processes that tests start, shared by the
+    whole run (both xdist workers): ``reproduce --tiny`` in a subprocess, in the notebook's kernel
+    and in ``reproduce --jobs 2``'s figure processes compiles the same training steps, and most of
+    a tiny run is compilation; every process after the first loads them instead. Only for JAX in
+    subprocesses: the test process's own JAX read its cache settings at import."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, above each worker's own
+    path = root / "jax-cache"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(path))
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+    return path
+
+
+# The slowest tests (tens of seconds to minutes each on CI), run first: pyproject's
+# --maxschedchunk=1 makes pytest-xdist hand out tests one at a time (after two each to start), so
+# the long ones overlap the many short ones instead of one of them ending the run while the other
+# worker idles. The first two go to one worker, the next two to the other. Only tests without
+# module- or class-scoped fixtures: moved away from its module, such a fixture would be set up
+# twice. The notebook test keeps its place, long after the parallel-figures test has filled the
+# shared JAX cache (shared_jax_cache) that both use.
+_SLOW_FIRST = (
+    "tests/test_paper_runner.py::test_figures_in_parallel_equal_one_process_and_survive_ctrl_c",
+    "tests/test_paper_runner.py::test_reproduce_resumed_after_ctrl_c_equals_an_uninterrupted_run",
+    "tests/test_quantize.py::test_final_training_loss_within_one_percent_of_float32_state",
+    "tests/test_bench_cli.py::test_json_records_rows_device_versions_and_command",
+    "tests/test_bench_cli.py::test_8bit_comparison_prints_its_table_and_writes_its_record",
+    "tests/test_paper_models.py::test_every_convolution_tap_gets_gradient_on_the_full_runs_images",
+    "tests/test_quantize.py::test_adamax_training_loss_within_one_percent_of_float32_state",
+    "tests/test_examples.py::test_framework_example_trains_and_restores",
+    "tests/test_properties.py::test_adam_matches_reference_on_any_tree",
+    "tests/test_properties.py::test_adamax_matches_reference_on_any_tree",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("[")[0], len(rank)))  # stable

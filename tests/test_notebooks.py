@@ -50,7 +50,7 @@ def test_notebook_01_runs(tmp_path, monkeypatch):
     assert "max step within the paper's bound at every step: True" in text  # adam_jax.monitor
 
 
-def test_notebook_02_runs_tiny(tmp_path, monkeypatch):
+def test_notebook_02_runs_tiny(tmp_path, monkeypatch, shared_jax_cache):
     out = tmp_path / "results"
     execute(
         "02_reproducing_section_6.ipynb",

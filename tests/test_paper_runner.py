@@ -414,20 +414,17 @@ def test_reproduce_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, mo
     assert (a / "fig1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_figures_in_parallel_equal_one_process_and_survive_ctrl_c(tmp_path, monkeypatch):
+def test_figures_in_parallel_equal_one_process_and_survive_ctrl_c(tmp_path, shared_jax_cache):
     """``reproduce all`` in two processes, interrupted (Ctrl-C to the parent) once a figure has
     finished runs, then resumed: the same results.csv, byte for byte, as one process.
 
-    Every run is a process of its own sharing one persistent JAX compilation cache: the
-    one-process run compiles each training step once, and the parallel and resumed runs load the
+    Every run is a process of its own sharing one persistent JAX compilation cache (with the
+    notebook test's): the first run compiles each training step once, and the later runs load the
     same executables instead of compiling them again (most of a tiny run is compilation)."""
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax-cache"))
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
     one, par = tmp_path / "one", tmp_path / "par"
     solo = ["all", "--tiny", "--seeds", "1", "--jobs", "1", "--out", str(one), "--no-progress"]
     subprocess.run([sys.executable, "-m", "adam_jax", "reproduce", *solo], check=True)
-    assert any((tmp_path / "jax-cache").iterdir())
+    assert any(shared_jax_cache.iterdir())
     args = ["all", "--tiny", "--seeds", "1", "--jobs", "2", "--out", str(par), "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "adam_jax", "reproduce", *args],
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
