@@ -23,10 +23,10 @@ def finite_difference_check(model, x, y, train, seed=0):
         x = jnp.asarray(x, jnp.float64)
         k_loss = jax.random.PRNGKey(seed + 1)  # fixes the dropout masks / VAE noise
 
-        def f(p):
-            return model.loss(p, x, y, k_loss, train)
-
-        grads = jax.grad(f)(params)
+        # jitted: one compile each for the loss and its gradient (eagerly, every operation of the
+        # CNN compiled on its own, in float64, for 7 evaluations); the same loss and gradient
+        f = jax.jit(lambda p: model.loss(p, x, y, k_loss, train))
+        grads = jax.jit(jax.grad(f))(params)
         for _ in range(3):
             direction = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), params)
             plus = f(jax.tree.map(lambda p, d: p + h * d, params, direction))
@@ -124,7 +124,7 @@ def test_max_pool_and_cnn_shapes():
     # 3x3 windows centred on rows/cols 0, 2, 4 (SAME padding): the max is the bottom-right entry
     np.testing.assert_array_equal(pooled, [[6, 8, 9], [16, 18, 19], [21, 23, 24]])
     model = models.cnn((3, 32, 32), 10)
-    params = model.init(jax.random.PRNGKey(0))
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0))  # the shapes, nothing computed
     assert params["wc0"].shape == (5, 5, 3, 64) and params["wc2"].shape == (5, 5, 64, 128)
     assert params["wd"].shape == (128 * 4 * 4, 1000)  # 32 -> 16 -> 8 -> 4
 
