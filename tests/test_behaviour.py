@@ -196,10 +196,15 @@ def test_none_leaves_empty_trees_and_zero_size_arrays(name):
 def _train(tx, steps=40):
     params = {"w": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array(0.5)}
     loss = lambda p: jnp.sum((p["w"] - 0.3) ** 2) + (p["b"] + 1.0) ** 2
+
+    @jax.jit  # one compile; eagerly, MultiSteps' lax.cond traced and compiled its branches anew each step
+    def step(params, state):
+        u, state = tx.update(jax.grad(loss)(params), state, params)
+        return optax.apply_updates(params, u), state
+
     state = tx.init(params)
     for _ in range(steps):
-        u, state = tx.update(jax.grad(loss)(params), state, params)
-        params = optax.apply_updates(params, u)
+        params, state = step(params, state)
     return params, state
 
 
