@@ -329,7 +329,9 @@ _RO_WORKER = textwrap.dedent(
     params = {"w": jnp.full((4, 3), 2.0, jnp.float32), "b": jnp.full((3,), 2.0)}
     try:
         if action == "save":
-            adam_jax.save_checkpoint(path, params, tx.init(params), force=True)
+            state = tx.init(params)
+            print("saving", flush=True)
+            adam_jax.save_checkpoint(path, params, state, force=True)
         restored, _ = adam_jax.restore_checkpoint(path, tx, params)
         print("value", float(np.ravel(restored["b"])[0]))
     except Exception as err:
@@ -454,8 +456,10 @@ def test_a_save_waits_for_the_lock_of_another(tmp_path):
             stdout=subprocess.PIPE,
             text=True,
         )
+        # the worker has started and imported everything; its save now waits for the lock
+        assert proc.stdout.readline() == "saving\n"
         with pytest.raises(subprocess.TimeoutExpired):
-            proc.wait(timeout=20)
+            proc.wait(timeout=5)  # a save of this size takes well under a second
         assert _restore(path) == 1.0
     out, _ = proc.communicate(timeout=300)
     assert out.strip().splitlines()[-1] == "value 2.0"
