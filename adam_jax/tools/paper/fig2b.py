@@ -350,7 +350,7 @@ def one_thread():
     """Both optimizers on one CPU thread: NumPy's BLAS (SFO's subspace) through threadpoolctl,
     XLA's CPU backend (both gradients, Adam's update) through XLA_FLAGS, which takes effect only
     when nothing has been computed yet in the process (the command; not a test calling main).
-    On a machine shared with other work, two threads per optimizer made SFO's step 4x slower."""
+    On a machine shared with other work, two threads per optimizer made SFO's step several times slower."""
     from threadpoolctl import threadpool_limits
 
     flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"

@@ -69,8 +69,8 @@ def dropout_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Arr
 
     For a raw threefry key (``jax.random.PRNGKey``, the default implementation, partitionable)
     the hash is written out unrolled here: XLA:CPU runs ``jax.random``'s threefry as a rolled
-    loop, which on a 128 x 10,000 minibatch was 6.6x slower (108 ms against 16 ms, loaded
-    machine, 2026-12-02) and most of an iteration of the bag-of-words logistic regression.
+    loop, several times slower on a 128 x 10,000 minibatch: most of an iteration of the
+    bag-of-words logistic regression.
     ``tests/test_paper_dropout_masks.py`` checks the bits against ``jax.random.bernoulli``."""
     if (
         jax.config.jax_default_prng_impl != "threefry2x32"
@@ -159,10 +159,10 @@ def _conv(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     The padded input's ``kh * kw`` shifted windows are laid side by side along the channel axis
     (for each pixel: kernel row, kernel column, input channel, the order of the flattened HWIO
     kernel), then multiplied by the kernel. The result is the convolution. On XLA's CPU backend,
-    inside the training loop's ``lax.scan``, a full-size Fig. 3 epoch (c64-c64-c128-1000, 2-core
-    CPU, JAX 0.10.2) took 12.3 CPU-s with ``lax.conv_general_dilated``, 2.7 with
-    ``conv_general_dilated_patches`` times the kernel (whose gradient is again a convolution) and
-    1.4 this way, where the gradient of the windows is padding and adding.
+    inside the training loop's ``lax.scan``, a full-size Fig. 3 epoch runs several times faster
+    this way than with ``lax.conv_general_dilated``, and faster than with
+    ``conv_general_dilated_patches`` times the kernel (whose gradient is again a convolution):
+    here the gradient of the windows is padding and adding.
     """
     kh, kw, c_in, c_out = w.shape
     _, height, width, _ = x.shape

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from adam_jax.tools.paper import runner
 
-# Longest first (CPU-seconds of the quick run on 2 cores: fig3 228, fig2 192, fig4 167, fig1
-# 107), so that two processes finish at about the same time.
+# Longest first (by each figure's CPU time in the committed quick run, results/quick/run.json), so
+# that two processes finish at about the same time.
 ORDER = ("fig3", "fig2", "fig4", "fig1")
 GRACE_SECONDS = 60  # how long a worker gets to save its finished runs after Ctrl-C
 

@@ -197,8 +197,7 @@ def train_runs_with_steps(
     masks. An "epoch" is ``steps_per_epoch`` iterations (default: one pass over the data, ``len(y)
     // BATCH_SIZE``); the full run sets it to the paper's iterations per epoch, so its epochs are
     paper-equivalent whatever the size of the data (:class:`Minibatches`). ``vectorize=False`` trains the runs one after another with one compiled epoch (used for
-    the CNN: on a 2-core CPU, 6 full-size runs took 0.56 s per run-epoch one after another against
-    0.79 s vmapped). With ``masks_dir``, a model whose only training randomness is input dropout
+    the CNN, which on a 2-core CPU trains faster one run after another than vmapped). With ``masks_dir``, a model whose only training randomness is input dropout
     draws its masks once per key into that directory (:class:`DropoutMasks`), shared by every call
     given the same directory; the results are the same bit for bit.
     """
