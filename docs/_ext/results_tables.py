@@ -12,7 +12,8 @@ drift from its record: re-running the measurement and rebuilding the docs is the
 Kinds of table:
 
 - ``claims-quick``: the claims table of the committed quick run (``results/quick``).
-- ``claims FOLDER``: the claims table of the run in FOLDER (``results/fig2b``).
+- ``claims FOLDER``: the claims table of the run in FOLDER (``results/fig2b``), or of a Markdown
+  file of claims named directly (``results/unfinished/fig1_full_v3/fig1_left.md``).
 - ``claims-full``: the claims of every committed full run (``results/full_*``), one table.
 - ``paper-timing``: the wall clock and CPU time of each committed run, from its ``run.json``.
 - ``bench FILE``: a ``adam-jax bench --json`` record (``results/bench/*.json``).
@@ -66,10 +67,14 @@ def _run_provenance(folder: Path) -> str:
 
 
 def claims_of(folder: str) -> str:
+    """The claims table of ``folder``'s summary.md, or of a Markdown file named directly (a part
+    of an unfinished run), with the provenance of the run.json beside it."""
     from adam_jax.tools.paper import claims
 
-    table = claims.claims_table((REPO / folder / "summary.md").read_text())
-    return f"{table}\n\nSource: {_run_provenance(REPO / folder)}."
+    path = REPO / folder
+    summary = path if path.suffix == ".md" else path / "summary.md"
+    table = claims.claims_table(summary.read_text())
+    return f"{table}\n\nSource: {_run_provenance(summary.parent)}."
 
 
 def claims_quick() -> str:
