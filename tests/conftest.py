@@ -104,8 +104,8 @@ def shared_jax_cache(tmp_path_factory, monkeypatch):
     return path
 
 
-# The slowest tests (tens of seconds to minutes each on CI), run first: pyproject's
-# --maxschedchunk=1 makes pytest-xdist hand out tests one at a time (after two each to start), so
+# The slowest tests (tens of seconds to minutes each on CI), run first: --maxschedchunk=1 (set
+# in pytest_configure) makes pytest-xdist hand out tests one at a time (after two each to start), so
 # the long ones overlap the many short ones instead of one of them ending the run while the other
 # worker idles. The first two go to one worker, the next two to the other. Only tests without
 # module- or class-scoped fixtures: moved away from its module, such a fixture would be set up
@@ -123,6 +123,13 @@ _SLOW_FIRST = (
     "tests/test_properties.py::test_adam_matches_reference_on_any_tree",
     "tests/test_properties.py::test_adamax_matches_reference_on_any_tree",
 )
+
+
+def pytest_configure(config):
+    # Set here rather than in pyproject's addopts, so that a pytest without xdist (-p no:xdist,
+    # as test_reliability_table runs one) still accepts the options. Passed explicitly, it wins.
+    if getattr(config.option, "maxschedchunk", False) is None:
+        config.option.maxschedchunk = 1
 
 
 def pytest_collection_modifyitems(config, items):
