@@ -181,7 +181,7 @@ def test_zipf_corpus_is_sparse_zipfian_and_seeded():
 
 
 def test_quick_corpus_keeps_its_cost_near_the_label_noise_entropy():
-    """The calibration in ``zipf_corpus``: with 20% of labels flipped, no weights predict new
+    """The calibration (results/calibration/): with 20% of labels flipped, no weights predict new
     documents better than the noise's entropy H(0.2) = 0.500 nats. The quick run's corpus (4,000
     documents over 1,000 words) cannot be memorised far below it, even with 4x the quick run's
     epochs; the earlier shape (2,000 documents over 10,000 words) is separable and goes to ~0."""
@@ -203,7 +203,7 @@ def test_quick_corpus_keeps_its_cost_near_the_label_noise_entropy():
 
 
 def test_full_corpus_flips_the_calibrated_share_of_labels():
-    """The full run's Fig. 1 right corpus is the one ``zipf_corpus``'s calibration chose: the same
+    """The full run's Fig. 1 right corpus is the one the calibration in results/calibration/ chose: the same
     25,000 documents over 10,000 words, with 5% of the labels flipped (a binomial share: within
     4 standard deviations of 5% of 25,000), and it says so in its source."""
     full = runner.FULL
