@@ -36,6 +36,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.xla_env import xla_flags
+
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
 
@@ -90,7 +92,7 @@ with open(sys.argv[2], "w") as f:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["XLA_FLAGS"] = xla_flags(8)
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["PYTHONWARNINGS"] = "ignore::DeprecationWarning"

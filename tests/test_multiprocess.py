@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from tests import multiprocess_worker as worker
+from tests.xla_env import xla_flags
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 150
@@ -30,7 +31,7 @@ def _run_cluster(num_processes: int, out: Path, logs: Path) -> list[int]:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(
         os.pathsep
     )
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["XLA_FLAGS"] = xla_flags(2)
     env["JAX_PLATFORMS"] = "cpu"
     port = _free_port()
     procs, files = [], []

@@ -360,12 +360,13 @@ def test_two_processes_train_a_partitioned_state_like_one_process(tmp_path):
 
     from tests import multiprocess_worker as mlp
     from tests import partition_worker
+    from tests.xla_env import xla_flags
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(2))
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     out = tmp_path / "final.npz"
