@@ -13,8 +13,10 @@ Kinds of table:
 
 - ``claims-quick``: the claims table of the committed quick run (``results/quick``).
 - ``claims FOLDER``: the claims table of the run in FOLDER (``results/fig2b``), or of a Markdown
-  file of claims named directly (``results/unfinished/fig1_full_v3/fig1_left.md``).
-- ``claims-full``: the claims of every committed full run (``results/full_*``), one table.
+  file of claims named directly (a part of an unfinished run).
+- ``claims-superseded``: the claims of every committed full run decided by rules v2, one table:
+  the ``results/full_*`` folders without a ``results.csv`` (rules v3 commits every run's CSV, so
+  a v3 full run is shown with ``claims FOLDER`` instead).
 - ``paper-timing``: the wall clock and CPU time of each committed run, from its ``run.json``.
 - ``bench FILE``: a ``adam-jax bench --json`` record (``results/bench/*.json``).
 - ``bench-8bit-rounds FILE``: the per-round compile ratios of an ``adam-jax bench --8bit`` record.
@@ -81,7 +83,7 @@ def claims_quick() -> str:
     return claims_of("results/quick")
 
 
-def claims_full() -> str:
+def claims_superseded() -> str:
     from adam_jax.tools.paper import claims
 
     rows = [
@@ -90,6 +92,8 @@ def claims_full() -> str:
     ]
     sources = []
     for folder in sorted(REPO.glob("results/full_*")):
+        if (folder / "results.csv").exists():
+            continue  # a rules-v3 run, shown on its own
         for line in claims.claims_table((folder / "summary.md").read_text()).splitlines():
             if line.startswith("| Fig"):
                 figure, claim, _rule, measured, seeds, verdict = line[2:-2].split(" | ")
@@ -254,7 +258,7 @@ def usage(command: str) -> str:
 GENERATORS = {
     "claims-quick": claims_quick,
     "claims": claims_of,
-    "claims-full": claims_full,
+    "claims-superseded": claims_superseded,
     "paper-timing": paper_timing,
     "bench": bench,
     "bench-8bit-rounds": bench_8bit_rounds,
