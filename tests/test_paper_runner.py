@@ -218,6 +218,29 @@ def test_claims_follow_the_numbers():
     assert "Likely reason" in result[3].reason
 
 
+def test_fig1_left_at_a_constant_alpha_is_a_full_run_panel_with_its_own_claim():
+    """Section 6.1's alpha/sqrt(t) read both ways (results/RULES.md, issue 25 part 6): the full
+    run also trains Fig. 1 left with every optimizer at a constant alpha from the unshifted grids,
+    and decides the same claim on it in a row of its own; quick runs leave it out."""
+    (const,) = [p for p in runner.panels(runner.FULL) if p.panel == "fig1_mnist_const"]
+    assert const.dataset == "mnist" and "adagrad_inv_sqrt" not in const.optimizers
+    assert not any(runner.scheduled(const, opt) for opt in const.optimizers)
+    assert runner.grid_for("adam", runner.FULL, runner.scheduled(const, "adam")) == (
+        runner.FULL_GRIDS["adam"]
+    )
+    assert runner.FULL.epochs["fig1_mnist_const"] == runner.FULL.epochs["fig1_mnist"]
+    assert "fig1_mnist_const" not in [p.panel for p in runner.panels(runner.QUICK)]
+    ds = data.Dataset("mnist", np.ones((4, 6), np.float32), np.zeros(4, np.int32), 10, "d")
+    assert runner.build_model("fig1_mnist_const", ds, runner.FULL).init(jax.random.PRNGKey(0))
+
+    rows = rows_for("fig1_mnist_const", {"adam": [1.0, 0.5], "sgd_nesterov": [0.95, 0.5],
+                                         "adagrad": [0.9, 0.4], "adamax": [1.0, 0.6]})  # fmt: skip
+    (claim,) = claims.check(rows, few=1, many=2)
+    assert claim.figure == "Fig. 1 left (every optimizer at a constant α)"
+    assert claim.verdict == "no"  # AdaGrad is the fastest here: both "faster" statements fail
+    assert "AdaGrad 0.4" in claim.measured
+
+
 def test_claims_use_only_the_verdict_seeds():
     rows = rows_for("fig3", {"adam": [0.1], "adagrad": [0.5], "sgd_nesterov": [0.12]})
     rows += [{**r, "stage": "selection", "seed": str(1000 + int(r["seed"])), "loss": "0.001"}

@@ -115,23 +115,27 @@ def _save(fig, path: Path, note: str, data_note: str, chosen: str = CHOSEN) -> P
 
 
 def figure1(rows: list[dict], out: Path, note: str, paper: bool = False) -> Path:
-    """Fig. 1: logistic regression, MNIST-like (left) and bag-of-words (right, and without dropout
-    when it was run); log scale."""
-    nodrop = any(r["panel"] == "fig1_imdb_nodrop" for r in rows)
-    fig, axes = plt.subplots(1, 3 if nodrop else 2, figsize=(16 if nodrop else 11, 4.4))
-    d1 = _curves_axis(
-        axes[0], rows, "fig1_mnist", "logistic regression, α/√t (AdaGrad also at constant α)",
-        log=True, paper=paper,
-    )  # fmt: skip
-    d2 = _curves_axis(
-        axes[1], rows, "fig1_imdb", "bag-of-words logistic regression, 50% input dropout",
-        log=True, paper=paper,
-    )  # fmt: skip
-    if nodrop:
-        _curves_axis(axes[2], rows, "fig1_imdb_nodrop", "bag-of-words logistic regression, "
-                     "no dropout", log=True, paper=paper)  # fmt: skip
+    """Fig. 1: logistic regression, MNIST-like (left) and bag-of-words (right), each also in the
+    variant the run made (every optimizer at a constant α; no dropout); log scale."""
+    present = {r["panel"] for r in rows}
+    shown = [
+        ("fig1_mnist", "logistic regression, α/√t (AdaGrad also at constant α)"),
+        ("fig1_mnist_const", "logistic regression, every optimizer at a constant α"),
+        ("fig1_imdb", "bag-of-words logistic regression, 50% input dropout"),
+        ("fig1_imdb_nodrop", "bag-of-words logistic regression, no dropout"),
+    ]
+    shown = [(panel, title) for panel, title in shown if panel in present or panel in
+             ("fig1_mnist", "fig1_imdb")]  # fmt: skip
+    # one row of up to three panels; four as two rows, the digits above the corpus
+    rows_of = 2 if len(shown) == 4 else 1
+    cols = len(shown) // rows_of
+    fig, axes = plt.subplots(rows_of, cols, figsize=(5.5 * cols, 4.4 * rows_of), squeeze=False)
+    drawn = {}
+    for ax, (panel, title) in zip(axes.flat, shown, strict=True):
+        drawn[panel] = _curves_axis(ax, rows, panel, title, log=True, paper=paper)
     fig.suptitle(f"Fig. 1 ({note})", fontsize=10)
-    return _save(fig, out / "fig1.png", note, f"left: {d1}; right: {d2}")
+    return _save(fig, out / "fig1.png", note,
+                 f"left: {drawn['fig1_mnist']}; right: {drawn['fig1_imdb']}")  # fmt: skip
 
 
 def figure2(rows: list[dict], out: Path, note: str, paper: bool = False) -> Path:

@@ -84,6 +84,7 @@ class Budget:
     paper_steps: bool = False  # epochs of the paper's iterations (PAPER_STEPS), not of the data's
     cifar_size: int = 8  # the CIFAR-10 stand-in's images: 8 the digits, more up-sampled, coloured
     no_dropout: bool = False  # also run Fig. 1 right and Fig. 3 without dropout
+    constant_alpha: bool = False  # also run Fig. 1 left with every optimizer at a constant alpha
     imdb_docs: int = 2000  # documents in the generated bag-of-words corpus
     imdb_vocab: int = data_lib.VOCAB  # its words (see data.zipf_corpus for the calibration)
     imdb_label_noise: float = data_lib.LABEL_NOISE  # its flipped labels (the same calibration)
@@ -91,8 +92,9 @@ class Budget:
 
 FULL = Budget(
     "full",
-    {"fig1_mnist": 45, "fig1_imdb": 45, "fig1_imdb_nodrop": 45, "fig2": 100, "fig3": 45,
-     "fig3_nodrop": 45, "fig3_early": 3, "fig4_few": 10, "fig4_many": 100},
+    {"fig1_mnist": 45, "fig1_mnist_const": 45, "fig1_imdb": 45, "fig1_imdb_nodrop": 45,
+     "fig2": 100, "fig3": 45, "fig3_nodrop": 45, "fig3_early": 3, "fig4_few": 10,
+     "fig4_many": 100},
     FULL_GRIDS,
     seeds=5,
     selection_seeds=3,
@@ -101,6 +103,7 @@ FULL = Budget(
     paper_steps=True,
     cifar_size=32,
     no_dropout=True,
+    constant_alpha=True,
 )  # fmt: skip
 # The paper's iterations per epoch: minibatches of 128 over MNIST's 60,000 images, IMDB's 25,000
 # reviews and CIFAR-10's 50,000 images (rounded up). A full run's "epoch" is this many iterations
@@ -180,11 +183,14 @@ class Panel:
     optimizers: tuple[str, ...]
     schedule: bool = False
     dropout: bool = True  # False: the paper's curves without dropout (full run only)
+    constant_alpha: bool = False  # True: Section 6.1's alpha/sqrt(t) left out (full run only)
 
 
 PANELS = (
     Panel("fig1", "fig1_mnist", "mnist",
           ("adam", "sgd_nesterov", "adagrad", "adagrad_inv_sqrt", "adamax"), True),
+    Panel("fig1", "fig1_mnist_const", "mnist",
+          ("adam", "sgd_nesterov", "adagrad", "adamax"), constant_alpha=True),
     Panel("fig1", "fig1_imdb", "imdb",
           ("adam", "adagrad", "adagrad_inv_sqrt", "rmsprop", "sgd_nesterov", "adamax"), True),
     Panel("fig1", "fig1_imdb_nodrop", "imdb",
@@ -197,13 +203,18 @@ PANELS = (
 
 
 def panels(budget: Budget) -> tuple[Panel, ...]:
-    """The curve panels ``budget`` runs (those without dropout only when it says so)."""
-    return tuple(p for p in PANELS if p.dropout or budget.no_dropout)
+    """The curve panels ``budget`` runs (those without dropout, and Fig. 1 left at a constant
+    alpha, only when it says so)."""
+    return tuple(
+        p
+        for p in PANELS
+        if (p.dropout or budget.no_dropout) and (not p.constant_alpha or budget.constant_alpha)
+    )
 
 
 def build_model(panel: str, ds: data_lib.Dataset, budget: Budget) -> models.Model:
     """The model of a panel for dataset ``ds`` (input size taken from the data)."""
-    if panel == "fig1_mnist":
+    if panel in ("fig1_mnist", "fig1_mnist_const"):
         return models.logistic_regression(ds.x.shape[1], ds.num_classes, weight_decay=1e-4)
     if panel in ("fig1_imdb", "fig1_imdb_nodrop"):
         rate = 0.5 if panel == "fig1_imdb" else 0.0
