@@ -134,8 +134,9 @@ def figure1(rows: list[dict], out: Path, note: str, paper: bool = False) -> Path
     for ax, (panel, title) in zip(axes.flat, shown, strict=True):
         drawn[panel] = _curves_axis(ax, rows, panel, title, log=True, paper=paper)
     fig.suptitle(f"Fig. 1 ({note})", fontsize=10)
-    return _save(fig, out / "fig1.png", note,
-                 f"left: {drawn['fig1_mnist']}; right: {drawn['fig1_imdb']}")  # fmt: skip
+    first, second = ("top", "bottom") if rows_of == 2 else ("left", "right")
+    data_note = f"{first}: {drawn['fig1_mnist']}; {second}: {drawn['fig1_imdb']}"
+    return _save(fig, out / "fig1.png", note, data_note)
 
 
 def figure2(rows: list[dict], out: Path, note: str, paper: bool = False) -> Path:
