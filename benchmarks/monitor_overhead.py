@@ -8,12 +8,14 @@ Adam, apply) and (b) the optimizer update alone, for ``adam_jax.adam(1e-3)`` and
 ``adam_jax.monitor(adam_jax.adam(1e-3), every=k)`` for each ``k``. All variants are timed
 interleaved, one step each per round, so load from other processes affects them alike. Printed:
 the median time, and the median and quartiles over rounds of each variant's time divided by the
-unmonitored time of the same round, with the load average before and after.
+unmonitored time of the same round, with the load average before and after. The first line
+also says when it ran and with which versions (results/monitor/ keeps the output).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import statistics
 import time
@@ -97,6 +99,14 @@ def main() -> None:
     load_after = os.getloadavg()[0]
 
     n = sum(p.size for p in jax.tree.leaves(params))
+    import jaxlib
+
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    print(
+        f"{when}, adam_jax {adam_jax.__version__}, jax {jax.__version__}, "
+        f"jaxlib {jaxlib.__version__}, optax {optax.__version__}: ",
+        end="",
+    )
     print(
         f"MLP {sizes}, {n:,} parameters, batch {args.batch}, {jax.devices()[0].platform}, ", end=""
     )
