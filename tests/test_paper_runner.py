@@ -218,10 +218,11 @@ def test_claims_follow_the_numbers():
     assert "Likely reason" in result[3].reason
 
 
-def test_fig1_left_at_a_constant_alpha_is_a_full_run_panel_with_its_own_claim():
-    """Section 6.1's alpha/sqrt(t) read both ways (results/RULES.md, issue 25 part 6): the full
-    run also trains Fig. 1 left with every optimizer at a constant alpha from the unshifted grids,
-    and decides the same claim on it in a row of its own; quick runs leave it out."""
+def test_fig1_at_a_constant_alpha_is_a_full_run_panel_with_its_own_claim():
+    """Section 6.1's alpha/sqrt(t) read both ways (results/RULES.md, issue 25 parts 6 and 7): the
+    full run also trains Fig. 1 left and Fig. 1 right without dropout with every optimizer at a
+    constant alpha from the unshifted grids, and decides the same claims on them in rows of their
+    own; quick runs leave them out."""
     (const,) = [p for p in runner.panels(runner.FULL) if p.panel == "fig1_mnist_const"]
     assert const.dataset == "mnist" and "adagrad_inv_sqrt" not in const.optimizers
     assert not any(runner.scheduled(const, opt) for opt in const.optimizers)
@@ -232,12 +233,28 @@ def test_fig1_left_at_a_constant_alpha_is_a_full_run_panel_with_its_own_claim():
     ds = data.Dataset("mnist", np.ones((4, 6), np.float32), np.zeros(4, np.int32), 10, "d")
     assert runner.build_model("fig1_mnist_const", ds, runner.FULL).init(jax.random.PRNGKey(0))
 
+    (right,) = [p for p in runner.panels(runner.FULL) if p.panel == "fig1_imdb_nodrop_const"]
+    assert right.dataset == "imdb" and not right.dropout
+    assert not any(runner.scheduled(right, opt) for opt in right.optimizers)
+    imdb = data.Dataset("imdb", np.ones((4, 6), np.uint8), np.zeros(4, np.int32), 2, "d")
+    model = runner.build_model("fig1_imdb_nodrop_const", imdb, runner.FULL)
+    params = model.init(jax.random.PRNGKey(0))
+    x, y = jnp.ones((4, 6)), jnp.zeros(4, jnp.int32)
+    assert model.loss(params, x, y, jax.random.PRNGKey(1), True) == model.loss(
+        params, x, y, jax.random.PRNGKey(1), False
+    )  # no dropout
+
     rows = rows_for("fig1_mnist_const", {"adam": [1.0, 0.5], "sgd_nesterov": [0.95, 0.5],
                                          "adagrad": [0.9, 0.4], "adamax": [1.0, 0.6]})  # fmt: skip
-    (claim,) = claims.check(rows, few=1, many=2)
-    assert claim.figure == "Fig. 1 left (every optimizer at a constant α)"
-    assert claim.verdict == "no"  # AdaGrad is the fastest here: both "faster" statements fail
-    assert "AdaGrad 0.4" in claim.measured
+    rows += rows_for("fig1_imdb_nodrop_const", {"adam": [0.3, 0.2], "adagrad": [0.3, 0.2],
+                                                "rmsprop": [0.4, 0.3],
+                                                "sgd_nesterov": [0.6, 0.5]})  # fmt: skip
+    left, right_claim = claims.check(rows, few=1, many=2)
+    assert left.figure == "Fig. 1 left (every optimizer at a constant α)"
+    assert left.verdict == "no"  # AdaGrad is the fastest here: both "faster" statements fail
+    assert "AdaGrad 0.4" in left.measured
+    assert right_claim.figure == "Fig. 1 right, no dropout (every optimizer at a constant α)"
+    assert right_claim.verdict == "yes"
 
 
 def test_claims_use_only_the_verdict_seeds():

@@ -84,7 +84,7 @@ class Budget:
     paper_steps: bool = False  # epochs of the paper's iterations (PAPER_STEPS), not of the data's
     cifar_size: int = 8  # the CIFAR-10 stand-in's images: 8 the digits, more up-sampled, coloured
     no_dropout: bool = False  # also run Fig. 1 right and Fig. 3 without dropout
-    constant_alpha: bool = False  # also run Fig. 1 left with every optimizer at a constant alpha
+    constant_alpha: bool = False  # also run Fig. 1 with every optimizer at a constant alpha
     imdb_docs: int = 2000  # documents in the generated bag-of-words corpus
     imdb_vocab: int = data_lib.VOCAB  # its words (see data.zipf_corpus for the calibration)
     imdb_label_noise: float = data_lib.LABEL_NOISE  # its flipped labels (the same calibration)
@@ -93,8 +93,8 @@ class Budget:
 FULL = Budget(
     "full",
     {"fig1_mnist": 45, "fig1_mnist_const": 45, "fig1_imdb": 45, "fig1_imdb_nodrop": 45,
-     "fig2": 100, "fig3": 45, "fig3_nodrop": 45, "fig3_early": 3, "fig4_few": 10,
-     "fig4_many": 100},
+     "fig1_imdb_nodrop_const": 45, "fig2": 100, "fig3": 45, "fig3_nodrop": 45, "fig3_early": 3,
+     "fig4_few": 10, "fig4_many": 100},
     FULL_GRIDS,
     seeds=5,
     selection_seeds=3,
@@ -195,6 +195,8 @@ PANELS = (
           ("adam", "adagrad", "adagrad_inv_sqrt", "rmsprop", "sgd_nesterov", "adamax"), True),
     Panel("fig1", "fig1_imdb_nodrop", "imdb",
           ("adam", "adagrad", "adagrad_inv_sqrt", "rmsprop", "sgd_nesterov"), True, dropout=False),
+    Panel("fig1", "fig1_imdb_nodrop_const", "imdb",
+          ("adam", "adagrad", "rmsprop", "sgd_nesterov"), dropout=False, constant_alpha=True),
     Panel("fig2", "fig2", "mnist", ("adam", "adagrad", "rmsprop", "rmsprop_eps_in_sqrt",
                                     "sgd_nesterov", "adadelta", "adamax")),
     Panel("fig3", "fig3", "cifar10", ("adam", "adagrad", "sgd_nesterov", "adamax")),
@@ -216,7 +218,7 @@ def build_model(panel: str, ds: data_lib.Dataset, budget: Budget) -> models.Mode
     """The model of a panel for dataset ``ds`` (input size taken from the data)."""
     if panel in ("fig1_mnist", "fig1_mnist_const"):
         return models.logistic_regression(ds.x.shape[1], ds.num_classes, weight_decay=1e-4)
-    if panel in ("fig1_imdb", "fig1_imdb_nodrop"):
+    if panel in ("fig1_imdb", "fig1_imdb_nodrop", "fig1_imdb_nodrop_const"):
         rate = 0.5 if panel == "fig1_imdb" else 0.0
         return models.logistic_regression(ds.x.shape[1], 2, weight_decay=1e-4, input_dropout=rate)
     if panel == "fig2":
