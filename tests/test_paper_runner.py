@@ -219,10 +219,10 @@ def test_claims_follow_the_numbers():
 
 
 def test_fig1_at_a_constant_alpha_is_a_full_run_panel_with_its_own_claim():
-    """Section 6.1's alpha/sqrt(t) read both ways (results/RULES.md, issue 25 parts 6 and 7): the
-    full run also trains Fig. 1 left and Fig. 1 right without dropout with every optimizer at a
-    constant alpha from the unshifted grids, and decides the same claims on them in rows of their
-    own; quick runs leave them out."""
+    """Section 6.1's alpha/sqrt(t) read both ways (results/RULES.md, issue 25 parts 6-8): the
+    full run also trains Fig. 1 left and right (with and without dropout) with every optimizer at
+    a constant alpha from the unshifted grids, and decides the same claims on them in rows of
+    their own; quick runs leave them out."""
     (const,) = [p for p in runner.panels(runner.FULL) if p.panel == "fig1_mnist_const"]
     assert const.dataset == "mnist" and "adagrad_inv_sqrt" not in const.optimizers
     assert not any(runner.scheduled(const, opt) for opt in const.optimizers)
@@ -233,6 +233,8 @@ def test_fig1_at_a_constant_alpha_is_a_full_run_panel_with_its_own_claim():
     ds = data.Dataset("mnist", np.ones((4, 6), np.float32), np.zeros(4, np.int32), 10, "d")
     assert runner.build_model("fig1_mnist_const", ds, runner.FULL).init(jax.random.PRNGKey(0))
 
+    (dropped,) = [p for p in runner.panels(runner.FULL) if p.panel == "fig1_imdb_const"]
+    assert dropped.dropout and not any(runner.scheduled(dropped, o) for o in dropped.optimizers)
     (right,) = [p for p in runner.panels(runner.FULL) if p.panel == "fig1_imdb_nodrop_const"]
     assert right.dataset == "imdb" and not right.dropout
     assert not any(runner.scheduled(right, opt) for opt in right.optimizers)
@@ -243,13 +245,20 @@ def test_fig1_at_a_constant_alpha_is_a_full_run_panel_with_its_own_claim():
     assert model.loss(params, x, y, jax.random.PRNGKey(1), True) == model.loss(
         params, x, y, jax.random.PRNGKey(1), False
     )  # no dropout
+    model = runner.build_model("fig1_imdb_const", imdb, runner.FULL)
+    assert model.input_dropout == 0.5
 
     rows = rows_for("fig1_mnist_const", {"adam": [1.0, 0.5], "sgd_nesterov": [0.95, 0.5],
                                          "adagrad": [0.9, 0.4], "adamax": [1.0, 0.6]})  # fmt: skip
     rows += rows_for("fig1_imdb_nodrop_const", {"adam": [0.3, 0.2], "adagrad": [0.3, 0.2],
                                                 "rmsprop": [0.4, 0.3],
                                                 "sgd_nesterov": [0.6, 0.5]})  # fmt: skip
-    left, right_claim = claims.check(rows, few=1, many=2)
+    rows += rows_for("fig1_imdb_const", {"adam": [0.3, 0.2], "adagrad": [0.3, 0.2],
+                                         "rmsprop": [0.4, 0.3],
+                                         "sgd_nesterov": [0.2, 0.1]})  # fmt: skip
+    left, dropped_claim, right_claim = claims.check(rows, few=1, many=2)
+    assert dropped_claim.figure == "Fig. 1 right (every optimizer at a constant α)"
+    assert dropped_claim.verdict == "no"  # SGD-Nesterov is the fastest here
     assert left.figure == "Fig. 1 left (every optimizer at a constant α)"
     assert left.verdict == "no"  # AdaGrad is the fastest here: both "faster" statements fail
     assert "AdaGrad 0.4" in left.measured

@@ -367,6 +367,8 @@ def check(rows: list[dict], few: int, many: int) -> list[Claim]:
                                     ("fig1_imdb_nodrop", ", no dropout", "no dropout"))
         for ada, reading in ADAGRAD_READINGS
     ]  # fmt: skip
+    fig1_right.insert(2, ("fig1_imdb_const", "", "50% input dropout", "adagrad",
+                          " (every optimizer at a constant α)"))  # fmt: skip
     fig1_right.append(("fig1_imdb_nodrop_const", ", no dropout", "no dropout", "adagrad",
                        " (every optimizer at a constant α)"))  # fmt: skip
     for panel, tag, dropout, ada, reading in fig1_right:

@@ -125,6 +125,7 @@ def figure1(rows: list[dict], out: Path, note: str, paper: bool = False) -> Path
     ]
     corpus = [
         ("fig1_imdb", "bag-of-words logistic regression, 50% input dropout"),
+        ("fig1_imdb_const", "bag-of-words, 50% input dropout, every optimizer at a constant α"),
         ("fig1_imdb_nodrop", "bag-of-words logistic regression, no dropout, α/√t"),
         ("fig1_imdb_nodrop_const", "bag-of-words, no dropout, every optimizer at a constant α"),
     ]

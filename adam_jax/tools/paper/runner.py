@@ -92,8 +92,8 @@ class Budget:
 
 FULL = Budget(
     "full",
-    {"fig1_mnist": 45, "fig1_mnist_const": 45, "fig1_imdb": 45, "fig1_imdb_nodrop": 45,
-     "fig1_imdb_nodrop_const": 45, "fig2": 100, "fig3": 45, "fig3_nodrop": 45, "fig3_early": 3,
+    {"fig1_mnist": 45, "fig1_mnist_const": 45, "fig1_imdb": 45, "fig1_imdb_const": 45,
+     "fig1_imdb_nodrop": 45, "fig1_imdb_nodrop_const": 45, "fig2": 100, "fig3": 45, "fig3_nodrop": 45, "fig3_early": 3,
      "fig4_few": 10, "fig4_many": 100},
     FULL_GRIDS,
     seeds=5,
@@ -193,6 +193,8 @@ PANELS = (
           ("adam", "sgd_nesterov", "adagrad", "adamax"), constant_alpha=True),
     Panel("fig1", "fig1_imdb", "imdb",
           ("adam", "adagrad", "adagrad_inv_sqrt", "rmsprop", "sgd_nesterov", "adamax"), True),
+    Panel("fig1", "fig1_imdb_const", "imdb",
+          ("adam", "adagrad", "rmsprop", "sgd_nesterov", "adamax"), constant_alpha=True),
     Panel("fig1", "fig1_imdb_nodrop", "imdb",
           ("adam", "adagrad", "adagrad_inv_sqrt", "rmsprop", "sgd_nesterov"), True, dropout=False),
     Panel("fig1", "fig1_imdb_nodrop_const", "imdb",
@@ -218,8 +220,8 @@ def build_model(panel: str, ds: data_lib.Dataset, budget: Budget) -> models.Mode
     """The model of a panel for dataset ``ds`` (input size taken from the data)."""
     if panel in ("fig1_mnist", "fig1_mnist_const"):
         return models.logistic_regression(ds.x.shape[1], ds.num_classes, weight_decay=1e-4)
-    if panel in ("fig1_imdb", "fig1_imdb_nodrop", "fig1_imdb_nodrop_const"):
-        rate = 0.5 if panel == "fig1_imdb" else 0.0
+    if panel in ("fig1_imdb", "fig1_imdb_const", "fig1_imdb_nodrop", "fig1_imdb_nodrop_const"):
+        rate = 0.5 if panel in ("fig1_imdb", "fig1_imdb_const") else 0.0
         return models.logistic_regression(ds.x.shape[1], 2, weight_decay=1e-4, input_dropout=rate)
     if panel == "fig2":
         return models.mlp(ds.x.shape[1], ds.num_classes)
