@@ -115,35 +115,36 @@ def _save(fig, path: Path, note: str, data_note: str, chosen: str = CHOSEN) -> P
 
 
 def figure1(rows: list[dict], out: Path, note: str, paper: bool = False) -> Path:
-    """Fig. 1: logistic regression, MNIST-like (left) and bag-of-words (right), each also in the
-    variants the run made (every optimizer at a constant α; no dropout); log scale. With the
-    constant-α variants, the digits' panels form the top row and the corpus's the bottom one."""
+    """Fig. 1: logistic regression, MNIST-like (left) and bag-of-words (right), and the variants
+    the run made (no dropout; every optimizer at a constant α); log scale. With the constant-α
+    variants, each row pairs a panel (α/√t) with its constant-α twin: the digits, then the corpus
+    with and without dropout."""
     present = {r["panel"] for r in rows}
-    digits = [
-        ("fig1_mnist", "logistic regression, α/√t (AdaGrad also at constant α)"),
-        ("fig1_mnist_const", "logistic regression, every optimizer at a constant α"),
-    ]
-    corpus = [
-        ("fig1_imdb", "bag-of-words logistic regression, 50% input dropout"),
-        ("fig1_imdb_const", "bag-of-words, 50% input dropout, every optimizer at a constant α"),
-        ("fig1_imdb_nodrop", "bag-of-words logistic regression, no dropout, α/√t"),
-        ("fig1_imdb_nodrop_const", "bag-of-words, no dropout, every optimizer at a constant α"),
-    ]
-    digits = [d for d in digits if d[0] in present or d[0] == "fig1_mnist"]
-    corpus = [c for c in corpus if c[0] in present or c[0] == "fig1_imdb"]
-    grid = [digits, corpus] if len(digits) > 1 else [digits + corpus]
+    titles = {
+        "fig1_mnist": "logistic regression, α/√t (AdaGrad also at constant α)",
+        "fig1_mnist_const": "logistic regression, every optimizer at a constant α",
+        "fig1_imdb": "bag-of-words, 50% input dropout, α/√t (AdaGrad also constant)",
+        "fig1_imdb_const": "bag-of-words, 50% input dropout, every optimizer at a constant α",
+        "fig1_imdb_nodrop": "bag-of-words, no dropout, α/√t (AdaGrad also constant)",
+        "fig1_imdb_nodrop_const": "bag-of-words, no dropout, every optimizer at a constant α",
+    }
+    bases = [p for p in ("fig1_mnist", "fig1_imdb", "fig1_imdb_nodrop") if p in present]
+    bases = bases or ["fig1_mnist", "fig1_imdb"]  # an empty run still draws its two panels
+    if any(f"{b}_const" in present for b in bases):
+        grid = [[b, f"{b}_const"] for b in bases]
+    else:
+        grid = [bases]
     cols = max(len(row) for row in grid)
     fig, axes = plt.subplots(len(grid), cols, figsize=(5.5 * cols, 4.4 * len(grid)), squeeze=False)
     drawn = {}
     for ax_row, row in zip(axes, grid, strict=True):
-        for i, ax in enumerate(ax_row):
-            if i < len(row):
-                panel, title = row[i]
-                drawn[panel] = _curves_axis(ax, rows, panel, title, log=True, paper=paper)
+        for ax, panel in zip(ax_row, row, strict=True):
+            if panel in present or panel in ("fig1_mnist", "fig1_imdb"):
+                drawn[panel] = _curves_axis(ax, rows, panel, titles[panel], log=True, paper=paper)
             else:
                 ax.set_visible(False)
     fig.suptitle(f"Fig. 1 ({note})", fontsize=10)
-    first, second = ("top", "bottom") if len(grid) == 2 else ("left", "right")
+    first, second = ("top", "below") if len(grid) > 1 else ("left", "right")
     data_note = f"{first}: {drawn['fig1_mnist']}; {second}: {drawn['fig1_imdb']}"
     return _save(fig, out / "fig1.png", note, data_note)
 
