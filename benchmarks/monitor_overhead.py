@@ -22,6 +22,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import optax
 
 import adam_jax
@@ -99,8 +100,6 @@ def main() -> None:
     load_after = os.getloadavg()[0]
 
     n = sum(p.size for p in jax.tree.leaves(params))
-    import jaxlib
-
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     print(
         f"{when}, adam_jax {adam_jax.__version__}, jax {jax.__version__}, "

@@ -332,6 +332,13 @@ ADAGRAD_READINGS = (
     ("adagrad", "AdaGrad at a constant α"),
     ("adagrad_inv_sqrt", "AdaGrad at α/√t, Section 6.1 read literally"),
 )
+CONSTANT_READING = (("adagrad", "every optimizer at a constant α"),)
+
+
+def readings(panel: str) -> tuple[tuple[str, str], ...]:
+    """(AdaGrad's optimizer, the reading's name) for each claim row of a Fig. 1 panel: both
+    AdaGrad readings under α/√t, one row for a ``_const`` panel (every optimizer constant)."""
+    return CONSTANT_READING if panel.endswith("_const") else ADAGRAD_READINGS
 
 
 def check(rows: list[dict], few: int, many: int) -> list[Claim]:
@@ -341,9 +348,8 @@ def check(rows: list[dict], few: int, many: int) -> list[Claim]:
     panels = {r["panel"] for r in rows}
     small = "the stand-in data set and the step budget are much smaller than the paper's"
 
-    fig1_left = [("fig1_mnist", ada, reading) for ada, reading in ADAGRAD_READINGS]
-    fig1_left.append(("fig1_mnist_const", "adagrad", "every optimizer at a constant α"))
-    for panel, ada, reading in fig1_left:
+    for panel, ada, reading in ((p, *r) for p in ("fig1_mnist", "fig1_mnist_const")
+                                for r in readings(p)):  # fmt: skip
         if panel in panels:
             c = curves(rows, panel)
             sp, area, fin = speeds(c), excess_areas(c), final_costs(c)
@@ -362,22 +368,19 @@ def check(rows: list[dict], few: int, many: int) -> list[Claim]:
                 st, "a convex problem with a tuned α: the optimizers end close together; " + small,
             ))  # fmt: skip
     fig1_right = [
-        (panel, tag, dropout, ada, f" ({reading})")
-        for panel, tag, dropout in (("fig1_imdb", "", "50% input dropout"),
-                                    ("fig1_imdb_nodrop", ", no dropout", "no dropout"))
-        for ada, reading in ADAGRAD_READINGS
+        (panel, tag, dropout, ada, reading)
+        for base, tag, dropout in (("fig1_imdb", "", "50% input dropout"),
+                                   ("fig1_imdb_nodrop", ", no dropout", "no dropout"))
+        for panel in (base, f"{base}_const")
+        for ada, reading in readings(panel)
     ]  # fmt: skip
-    fig1_right.insert(2, ("fig1_imdb_const", "", "50% input dropout", "adagrad",
-                          " (every optimizer at a constant α)"))  # fmt: skip
-    fig1_right.append(("fig1_imdb_nodrop_const", ", no dropout", "no dropout", "adagrad",
-                       " (every optimizer at a constant α)"))  # fmt: skip
     for panel, tag, dropout, ada, reading in fig1_right:
         if panel in panels:
             c = curves(rows, panel)
             sp, area, fin = speeds(c), excess_areas(c), final_costs(c)
             st = [faster(sp, ada, "sgd_nesterov"), as_fast(area, "adam", ada)]
             claims.append(_claim(
-                f"Fig. 1 right{tag}{reading}",
+                f"Fig. 1 right{tag} ({reading})",
                 f"Sparse bag-of-words logistic regression ({dropout}): AdaGrad beats "
                 "SGD-Nesterov, and Adam converges as fast as AdaGrad",
                 f"{FASTER_RULE}: AdaGrad < SGD-Nesterov; Adam's {AS_FAST_RULE} AdaGrad's "
