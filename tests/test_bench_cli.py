@@ -284,6 +284,7 @@ def test_an_error_after_ctrl_c_counts_as_the_interruption(capsys):
 
     assert interrupt.interruptible(wrapped, "stopped") == 130
     assert capsys.readouterr().err == "stopped\n"
+    interrupt.check_interrupted()  # handled: it does not stop what the process runs next
 
     def failing():
         raise SystemError("a real error")

@@ -43,7 +43,9 @@ def check_interrupted() -> None:
 
 @contextlib.contextmanager
 def ctrl_c_recorded() -> Iterator[None]:
-    """Within it, Ctrl-C goes through :func:`_on_ctrl_c` (and :func:`check_interrupted` sees it)."""
+    """Within it, Ctrl-C goes through :func:`_on_ctrl_c` (and :func:`check_interrupted` sees it).
+    The record lives as long as the block: a Ctrl-C handled inside it does not stop whatever the
+    same process runs after it (a second command, or a test)."""
     _interrupted.clear()
     try:
         previous = signal.signal(signal.SIGINT, _on_ctrl_c)
@@ -52,6 +54,7 @@ def ctrl_c_recorded() -> Iterator[None]:
     try:
         yield
     finally:
+        _interrupted.clear()
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
 
