@@ -203,13 +203,17 @@ def vae_losses(
 
 
 def figure4(
-    rows: list[dict], out: Path, note: str, few: int, many: int, paper: bool = False
+    rows: list[dict], out: Path, note: str, few: int, many: int | None, paper: bool = False
 ) -> Path:
-    """Fig. 4: VAE loss vs log10(alpha); columns beta2, rows after ``few`` / ``many`` epochs;
-    red = with bias correction, green = without; solid beta1 = 0.9, dashed beta1 = 0."""
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.8), sharex=True)
+    """Fig. 4: VAE loss vs log10(alpha); columns beta2, rows after ``few`` / ``many`` epochs
+    (only ``few`` when ``many`` is None); red = with bias correction, green = without; solid
+    beta1 = 0.9, dashed beta1 = 0."""
+    epochs = (few,) if many is None else (few, many)
+    fig, axes = plt.subplots(
+        len(epochs), 3, figsize=(12, 0.6 + 3.1 * len(epochs)), sharex=True, squeeze=False
+    )
     data_note = next((r["dataset"] for r in rows if r["panel"] == "fig4"), "")
-    for i, epoch in enumerate((few, many)):
+    for i, epoch in enumerate(epochs):
         curves = vae_losses(rows, epoch)
         finite = [v for _, ys in curves.values() for v in ys.ravel() if np.isfinite(v)]
         # unstable runs reach 1e9: the scale follows the typical run (twice the median loss),

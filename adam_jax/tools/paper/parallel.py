@@ -59,6 +59,7 @@ def _command(args, size: str, figure: str, seeds: list[int], part: Path) -> list
     command += ["--seeds", ",".join(map(str, seeds)) + ",", "--out", str(part), "--no-progress"]
     command += ["--progress-file", str(part / "progress")]
     command += ["--data-dir", str(args.data_dir)] if args.data_dir else []
+    command += ["--few-epochs-only"] if args.few_epochs_only and figure == "fig4" else []
     command += ["--resume"] if args.resume else ["--overwrite"]  # the parts are the parent's
     return command
 

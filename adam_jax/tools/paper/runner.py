@@ -339,19 +339,27 @@ def run_key(row: dict) -> RunKey:
 class Results:
     """``results.csv`` written as groups of runs finish (one write per group, so Ctrl-C keeps
     every finished group). With ``resume``, the finished runs already in the file are kept and
-    handed back instead of being trained again; anything unfinished is dropped. With ``figures``,
-    the rows of other figures already in the file stay in it (``others``), resumed or not."""
+    handed back instead of being trained again; anything unfinished is dropped. A run trained
+    again (a Fig. 4 run of ``--few-epochs-only`` continued to all its epochs) was appended after
+    its earlier rows: where a run's row repeats one already read (the same epoch and iteration),
+    the later rows replace the earlier. With ``figures``, the rows of other figures already in
+    the file stay in it (``others``), resumed or not."""
 
     def __init__(self, path: Path, resume: bool, figures: Iterable[str] | None = None) -> None:
         self.path = path
         self.kept: dict[RunKey, list[dict]] = {}
         self.others: list[dict] = []
+        seen: dict[RunKey, set[tuple[str, str]]] = {}
         rows = read_results(path) if path.is_file() and (resume or figures is not None) else []
         for row in rows:
             if figures is not None and row["figure"] not in figures:
                 self.others.append(row)
             elif resume:
-                self.kept.setdefault(run_key(row), []).append(row)
+                key, at = run_key(row), (row["epoch"], row["iteration"])
+                if at in seen.setdefault(key, set()):  # trained again: the later rows stand
+                    self.kept[key], seen[key] = [], set()
+                seen[key].add(at)
+                self.kept.setdefault(key, []).append(row)
         write_csv(self.others + [r for rows in self.kept.values() for r in rows], path)
         self.finished_runs = 0
 
