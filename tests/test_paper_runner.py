@@ -320,6 +320,10 @@ def test_vae_claims_follow_section_6_4():
 
     result = claims.check(vae_rows(opposite), few=1, many=3)
     assert [c.verdict for c in result] == ["no"] * 6
+    # a run of --few-epochs-only: the claims after the few epochs alone, decided the same way
+    few_only = claims.check(vae_rows(opposite), few=1, many=None)
+    assert few_only == [c for c in result if c.figure.endswith(", 1 epochs")]
+    assert len(few_only) == 3
 
     def chosen_elsewhere(bc, b1, b2, a, epoch, s):
         # the selection seeds prefer alpha = 1e-5, where the verdict seeds are worst: the verdict
@@ -408,8 +412,59 @@ def test_resumed_rows_are_the_written_rows(tmp_path):
     assert resumed.take([("fig4", "adam", "h", "1")], 2) is None  # never run
 
 
+def test_a_run_trained_again_replaces_its_earlier_rows_on_resume(tmp_path):
+    """A Fig. 4 run of --few-epochs-only continued to all its epochs is appended after its
+    earlier rows; a later resume keeps the run trained again, and writes the file without the
+    earlier rows."""
+    path = tmp_path / "results.csv"
+    row = {f: "" for f in runner.FIELDS}
+    row.update(panel="fig4", optimizer="adam", hyperparameters="h", seed="0", selected="0")
+    short = [{**row, "epoch": str(e), "loss": str(1.0 / (e + 1))} for e in range(2)]
+    whole = [{**row, "epoch": str(e), "loss": str(2.0 / (e + 1))} for e in range(4)]
+    other = [{**r, "seed": "1"} for r in short]
+    results = runner.Results(path, resume=False)
+    for rows in (short, other, whole):
+        results.add(rows)
+    resumed = runner.Results(path, resume=True)
+    assert runner.read_csv(path) == whole + other  # in the place of the earlier rows
+    assert resumed.take([("fig4", "adam", "h", "0")], 3) == whole
+    assert resumed.take([("fig4", "adam", "h", "1")], 1) == other
+
+
 def run_cli(*args):
     return cli.main(["reproduce", *args, "--no-progress"])
+
+
+def test_fig4_few_epochs_only_then_resumed_equals_the_whole_run(tmp_path, capsys):
+    """--few-epochs-only trains Fig. 4's runs for their first epochs and decides only the claims
+    after them, the same as the whole run decides them; --resume without it trains the runs to
+    the end, and leaves the very file an uninterrupted run writes."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert run_cli("fig4", "--tiny", "--out", str(whole)) == 0
+    assert run_cli("fig4", "--tiny", "--out", str(cut), "--few-epochs-only") == 0
+    rows = runner.read_csv(cut / "results.csv")
+    few, many = runner.TINY.epochs["fig4_few"], runner.TINY.epochs["fig4_many"]
+    assert {int(r["epoch"]) for r in rows} == set(range(few + 1)) and few < many
+    info = json.loads((cut / "run.json").read_text())
+    assert info["few_epochs_only"] is True and "--few-epochs-only" in info["command"]
+    summary = (cut / "summary.md").read_text()
+    assert f"first {few} epochs only (`--few-epochs-only`)" in summary
+    decided = claims.check(rows, few, None)
+    assert decided == [
+        c for c in claims.check(runner.read_csv(whole / "results.csv"), few, many)
+        if c.figure.endswith(f", {few} epochs")
+    ]  # fmt: skip
+    table = claims.claims_table(summary)
+    assert f"{many} epochs" not in table and table.count("| Fig. 4") == len(decided) == 3
+    assert run_cli("fig4", "--tiny", "--out", str(cut), "--resume") == 0
+    assert (cut / "results.csv").read_bytes() == (whole / "results.csv").read_bytes()
+    assert "few_epochs_only" not in json.loads((cut / "run.json").read_text())
+    assert claims.claims_table((cut / "summary.md").read_text()) == claims.claims_table(
+        (whole / "summary.md").read_text()
+    )
+    capsys.readouterr()
+    assert run_cli("fig1", "--tiny", "--out", str(tmp_path / "f1"), "--few-epochs-only") == 2
+    assert "--few-epochs-only shortens Fig. 4's runs; fig1 has none" in capsys.readouterr().err
 
 
 def test_reproduce_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
