@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -132,10 +133,13 @@ def test_schedule_skips_adagrad_only():
         ([-0.5], ("inconclusive", 1)),  # one seed: spread unknown
         ([-math.inf, -math.inf], ("yes", 2)),  # b diverged in every seed
         ([0.0, 0.0, 0.0], ("no", 0)),  # a tie is not "below"
+        ([math.inf, -math.inf, -0.1], ("inconclusive", 2)),  # diverged on both sides
     ],
 )
 def test_verdict_rule(x, expected):
-    verdict, k, n = claims.decide([claims.Statement("s", dict(enumerate(x)))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no inf - inf on the way
+        verdict, k, n = claims.decide([claims.Statement("s", dict(enumerate(x)))])
     assert (verdict, k, n) == (*expected, len(x))
 
 

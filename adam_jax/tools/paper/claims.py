@@ -88,7 +88,12 @@ def decide(statements: list[Statement]) -> tuple[str, int, int]:
             verdicts.append("inconclusive")
             continue
         finite = x[np.isfinite(x)]
-        mean = float(np.mean(x)) if finite.size == n else float(np.sum(x))  # +-inf dominates
+        if finite.size == n:
+            mean = float(np.mean(x))
+        elif np.isposinf(x).any() and np.isneginf(x).any():
+            mean = math.nan  # runs diverged on both sides in different seeds: not settled
+        else:
+            mean = float(np.sum(x))  # +-inf dominates
         se = float(np.std(finite, ddof=1) / math.sqrt(n)) if finite.size == n else 0.0
         t = t_quantile(n - 1)
         if np.all(x < s.margin) and mean + t * se < s.margin:

@@ -434,6 +434,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         f"{budget.name} run, verdict seeds {', '.join(map(str, seeds))}, selection seeds "
         f"{', '.join(map(str, runner.selection_seeds(budget)))}"
         + (", epochs of the paper's iterations" if budget.paper_steps else "")
+        + (f", Fig. 4's first {few} epochs only" if args.few_epochs_only else "")
     )
     written = ["results.csv", "run.json"]
     paper = budget.paper_steps
