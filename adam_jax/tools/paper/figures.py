@@ -244,7 +244,7 @@ def figure4(
         Line2D([], [], color="black", ls="--", label="β1 = 0 (dashed)"),
     ]
     axes[0, 0].legend(handles=handles, fontsize=7)
-    fig.suptitle(f"Fig. 4: VAE on {data_name(data_note)} ({note})", fontsize=10)
+    fig.suptitle(f"Fig. 4: VAE on {data_name(data_note)}\n({note})", fontsize=10)
     return _save(
         fig, out / "fig4.png", note,
         data_note + "; losses above twice the median, and diverged runs, drawn at the top edge",
