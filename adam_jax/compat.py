@@ -196,9 +196,7 @@ def torch_adamax(
         nu_dtype=None,
         eps_in_max=True,  # PyTorch: u_t = max(b2 u, |g| + eps), step m_hat / u_t
     )
-    record = dict(
-        learning_rate=lr, weight_decay=weight_decay, maximize=maximize
-    )
+    record = dict(learning_rate=lr, weight_decay=weight_decay, maximize=maximize)
     return optax.chain(
         *([optax.scale(-1.0)] if maximize else []),
         *_decay(weight_decay, mask),

@@ -110,9 +110,7 @@ def test_rebuilding_the_optimizer_does_not_retrace():
 def test_the_record_follows_the_optimizer_in_use():
     """After a step of a rebuilt optimizer, hyperparams() reports the rebuilt one's values, and
     a schedule's rate is the one of the latest step."""
-    _, state = _train(
-        adam_jax.adam(1e-2, b1=0.8), PARAMS, adam_jax.adam(1e-2).init(PARAMS), [0]
-    )
+    _, state = _train(adam_jax.adam(1e-2, b1=0.8), PARAMS, adam_jax.adam(1e-2).init(PARAMS), [0])
     assert adam_jax.hyperparams(state)["b1"] == pytest.approx(0.8)
     tx = adam_jax.adam(SCHEDULE)
     _, state = _train(tx, PARAMS, tx.init(PARAMS), range(4))

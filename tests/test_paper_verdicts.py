@@ -6,6 +6,7 @@ run that is not the full run labels every verdict with its mode.
 """
 
 import json
+import zlib
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,12 @@ def test_every_verdict_recomputes_from_the_committed_csv(folder):
 
 @pytest.mark.parametrize("folder", RUNS, ids=[p.name for p in RUNS])
 def test_committed_csv_is_small_and_labelled(folder):
-    # a guard on the repository's size: the full Fig. 1 with its six panels' grids is 6.2 MB
-    assert (folder / "results.csv").stat().st_size < 8_000_000
+    # guards on the repository's size. Git stores a file compressed, so the compressed size is
+    # what a run adds to every clone: the full Fig. 1 with its six panels' grids is 6.2 MB on disk,
+    # 0.44 MB compressed; Fig. 4 after 100 epochs is about 9 MB, about 0.6 MB compressed.
+    data = (folder / "results.csv").read_bytes()
+    assert len(data) < 16_000_000
+    assert len(zlib.compress(data, 6)) < 1_000_000
     info = json.loads((folder / "run.json").read_text())
     table = claims.claims_table((folder / "summary.md").read_text())
     verdicts = [line for line in table.splitlines() if line.startswith("| Fig")]

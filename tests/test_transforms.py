@@ -238,5 +238,3 @@ def test_the_pytorch_conventions_are_documented_keyword_switches():
         parameter = inspect.signature(fn).parameters[name]
         assert parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.default is False
         assert f"{name}:" in fn.__doc__
-
-

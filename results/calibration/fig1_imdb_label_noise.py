@@ -2,6 +2,7 @@
 
 Run: python results/calibration/fig1_imdb_label_noise.py fig1_imdb (and fig1_imdb_nodrop); writes /work/calib/PANEL.json, copied here as fig1_imdb_label_noise_{dropout,nodrop}.json.
 """
+
 import json
 import sys
 import time
@@ -32,19 +33,28 @@ x_eval = x[:10_000].reshape(10, 1000, -1)
 y_eval = jnp.asarray(ys[:, :10_000].reshape(len(ys), 10, 1000))
 ys = jnp.asarray(ys)
 
+
 def cost(p, ye):
-    return jnp.mean(jax.lax.map(lambda a: model.loss(p, a[0].astype(jnp.float32), a[1], k_eval, False), (x_eval, ye)))
+    return jnp.mean(
+        jax.lax.map(
+            lambda a: model.loss(p, a[0].astype(jnp.float32), a[1], k_eval, False), (x_eval, ye)
+        )
+    )
+
 
 def epoch_one(h, y, p, s, order, keys):
     tx = make_tx({"lr": h})
+
     def step(c, b):
         p, s = c
         idx, key = b
         g = jax.grad(model.loss)(p, x[idx].astype(jnp.float32), y[idx], key, True)
         u, s = tx.update(g, s, p)
         return (optax.apply_updates(p, u), s), None
+
     (p, s), _ = jax.lax.scan(step, (p, s), (order, keys))
     return p, s
+
 
 epoch = jax.jit(jax.vmap(epoch_one, in_axes=(0, 0, 0, 0, None, None)))
 costs = jax.jit(jax.vmap(cost))
@@ -61,7 +71,13 @@ for e in range(1, EPOCHS + 1):
     if e in (1, 5, 10, 20, 30, 45):
         hist.append(np.asarray(costs(params, y_eval)))
         print(panel, "epoch", e, round(time.time() - t0), "s", flush=True)
-out = {"panel": panel, "noises": NOISES, "lrs": LRS, "epochs_logged": [0, 1, 5, 10, 20, 30, 45],
-       "costs": [h.reshape(len(NOISES), len(LRS)).tolist() for h in hist], "wall_s": time.time() - t0,
-       "cpu_s": time.process_time()}
+out = {
+    "panel": panel,
+    "noises": NOISES,
+    "lrs": LRS,
+    "epochs_logged": [0, 1, 5, 10, 20, 30, 45],
+    "costs": [h.reshape(len(NOISES), len(LRS)).tolist() for h in hist],
+    "wall_s": time.time() - t0,
+    "cpu_s": time.process_time(),
+}
 json.dump(out, open(f"/work/calib/{panel}.json", "w"), indent=1)
