@@ -4,6 +4,11 @@
 epoch of the paper's iterations (469 for MNIST; the CNN only 10 iterations, it is slow on a CPU)
 after a first epoch that compiles, and prints the process's CPU-seconds. Multiply by the epochs
 and runs of ``runner.FULL`` to estimate a figure (``results/FULL_RUN_COST.md``).
+
+It also prints XLA's count of the floating-point operations of one iteration of one run (the
+minibatch loss and its gradient, the optimizer's update left out), and the rate this CPU reached.
+The count times a figure's runs and iterations is the work any machine has to do for it, which
+bounds from below what a device needs.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ from __future__ import annotations
 import itertools
 import time
 
+import jax
 import numpy as np
 
-from adam_jax.tools.paper import data, runner, train
+from adam_jax.tools.paper import data, models, runner, train
 
 
 def _cpu(model, ds, make_tx, hparams, steps, vectorize=True) -> float:
@@ -24,6 +30,19 @@ def _cpu(model, ds, make_tx, hparams, steps, vectorize=True) -> float:
     return time.process_time() - start
 
 
+def gflop_per_iteration(model: models.Model, ds: data.Dataset) -> float:
+    """XLA's count, in GFLOP, of one iteration of one run of ``model``: the training loss of a
+    minibatch of ``train.BATCH_SIZE`` examples of ``ds`` and its gradient."""
+    params = model.init(jax.random.PRNGKey(0))
+    x, y = ds.x[: train.BATCH_SIZE], ds.y[: train.BATCH_SIZE]
+    key = jax.random.PRNGKey(1)
+    step = jax.jit(jax.value_and_grad(lambda p: model.loss(p, x, y, key, True)))
+    analysis = step.lower(params).compile().cost_analysis()
+    if isinstance(analysis, list):  # older jax: one dict per device program
+        analysis = analysis[0]
+    return float(analysis["flops"]) / 1e9
+
+
 def main() -> int:
     full = runner.FULL
     mnist = data.load("mnist")
@@ -31,9 +50,8 @@ def main() -> int:
     for panel, opt, sched in (("fig1_mnist", "adam", True), ("fig2", "adam", False)):
         model = runner.build_model(panel, mnist, full)
         lrs = {"lr": np.full(6, 1e-3)}
-        rows.append(
-            (panel, 6, 469, _cpu(model, mnist, runner.make_optimizer(opt, sched), lrs, 469))
-        )
+        cpu = _cpu(model, mnist, runner.make_optimizer(opt, sched), lrs, 469)
+        rows.append((panel, 6, 469, cpu, gflop_per_iteration(model, mnist)))
     grid = list(itertools.product(runner.VAE_BETA1, runner.VAE_BETA2, runner.VAE_LOG10_ALPHA))
     hp = {
         "b1": np.array([g[0] for g in grid]),
@@ -41,15 +59,22 @@ def main() -> int:
         "lr": np.array([10.0 ** g[2] for g in grid]),
     }
     vae = runner.build_model("fig4", mnist, full)
-    rows.append(("fig4", len(grid), 469, _cpu(vae, mnist, runner._vae_optimizer(True), hp, 469)))
+    cpu = _cpu(vae, mnist, runner._vae_optimizer(True), hp, 469)
+    rows.append(("fig4", len(grid), 469, cpu, gflop_per_iteration(vae, mnist)))
     cifar = runner.load_data(["fig3"], full, None)["cifar10"]
     cnn = runner.build_model("fig3", cifar, full)
     adam = runner.make_optimizer("adam", False)
-    rows.append(("fig3", 1, 10, _cpu(cnn, cifar, adam, {"lr": np.array([1e-3])}, 10, False)))
-    print("| panel | runs (vmapped) | iterations | CPU-s | CPU-s per run and 1,000 iterations |")
-    print("|---|---|---|---|---|")
-    for panel, runs, steps, cpu in rows:
-        print(f"| {panel} | {runs} | {steps} | {cpu:.1f} | {1000 * cpu / runs / steps:.3g} |")
+    cpu = _cpu(cnn, cifar, adam, {"lr": np.array([1e-3])}, 10, False)
+    rows.append(("fig3", 1, 10, cpu, gflop_per_iteration(cnn, cifar)))
+    print(
+        "| panel | runs (vmapped) | iterations | CPU-s | CPU-s per run and 1,000 iterations "
+        "| GFLOP per run and iteration (XLA's count) | GFLOP per CPU-s |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for panel, runs, steps, cpu, gflop in rows:
+        per = 1000 * cpu / runs / steps
+        rate = gflop * runs * steps / cpu
+        print(f"| {panel} | {runs} | {steps} | {cpu:.1f} | {per:.3g} | {gflop:.3g} | {rate:.3g} |")
     return 0
 
 
