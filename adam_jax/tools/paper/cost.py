@@ -8,11 +8,14 @@ and runs of ``runner.FULL`` to estimate a figure (``results/FULL_RUN_COST.md``).
 It also prints XLA's count of the floating-point operations of one iteration of one run (the
 minibatch loss and its gradient, the optimizer's update left out), and the rate this CPU reached.
 The count times a figure's runs and iterations is the work any machine has to do for it, which
-bounds from below what a device needs.
+bounds from below what a device needs: ``python -m adam_jax.tools.paper.cost --work`` prints that
+table alone (no training; the counts depend only on the models' shapes, so it loads small data).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import itertools
 import time
 
@@ -43,7 +46,56 @@ def gflop_per_iteration(model: models.Model, ds: data.Dataset) -> float:
     return float(analysis["flops"]) / 1e9
 
 
-def main() -> int:
+def figure_work(budget: runner.Budget = runner.FULL) -> list[tuple[str, str, int, int]]:
+    """``(figure, panel, runs, iterations of each run)`` of a run of ``budget``: the starting grids
+    on the selection seeds and the selected rates on the verdict seeds (grid extensions, which
+    happen only when a selection lands on an edge, are not counted)."""
+    seeds, chosen_on = budget.seeds, budget.selection_seeds
+    rows = []
+    for p in runner.panels(budget):
+        grids = sum(len(runner.grid_for(o, budget, runner.scheduled(p, o))) for o in p.optimizers)
+        runs = grids * chosen_on + len(p.optimizers) * seeds
+        rows.append(
+            (p.figure, p.panel, runs, budget.epochs[p.panel] * runner.PAPER_STEPS[p.dataset])
+        )
+    grid = len(runner.VAE_BETA1) * len(runner.VAE_BETA2) * len(runner.VAE_LOG10_ALPHA)
+    runs = 2 * grid * (seeds + chosen_on)  # with and without bias correction
+    rows.append(("fig4", "fig4", runs, budget.epochs["fig4_many"] * runner.PAPER_STEPS["mnist"]))
+    return rows
+
+
+def work_table(budget: runner.Budget = runner.FULL) -> str:
+    """The Markdown table of :func:`figure_work` with XLA's count of each panel's iteration: the
+    floating-point work of each figure, in PFLOP (1e15)."""
+    # The counts depend on the shapes only: a few documents of the corpus and 256 examples do.
+    small = dataclasses.replace(budget, imdb_docs=300, max_examples=256)
+    datasets = runner.load_data(["fig1", "fig2", "fig3", "fig4"], small, None)
+    panels = {p.panel: p for p in runner.PANELS}
+    lines = [
+        "| figure | panel | runs | iterations per run | GFLOP per run and iteration "
+        "(XLA's count) | PFLOP |",
+        "|---|---|---|---|---|---|",
+    ]
+    totals: dict[str, float] = {}
+    for figure, panel, runs, steps in figure_work(budget):
+        ds = datasets[panels[panel].dataset if panel != "fig4" else "mnist"]
+        gflop = gflop_per_iteration(runner.build_model(panel, ds, budget), ds)
+        pflop = gflop * runs * steps / 1e6
+        totals[figure] = totals.get(figure, 0.0) + pflop
+        lines.append(f"| {figure} | {panel} | {runs} | {steps:,} | {gflop:.3g} | {pflop:.3g} |")
+    for figure, pflop in totals.items():
+        lines.append(f"| {figure} | all | | | | **{pflop:.3g}** |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m adam_jax.tools.paper.cost")
+    parser.add_argument(
+        "--work", action="store_true", help="print each figure's XLA flop count only (no training)"
+    )
+    if parser.parse_args(argv).work:
+        print(work_table())
+        return 0
     full = runner.FULL
     mnist = data.load("mnist")
     rows = []
