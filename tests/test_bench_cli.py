@@ -294,6 +294,35 @@ def test_an_error_after_ctrl_c_counts_as_the_interruption(capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_kill_stops_a_command_as_ctrl_c_does(name, capsys):
+    """``kill`` (SIGTERM, what a scheduler or a container sends before it kills) and a closed
+    terminal (SIGHUP) stop a command as Ctrl-C does: the command's own handling runs (a reproduce
+    run writes its record), one line, 130; the process's handlers are restored afterwards."""
+    import os
+    import signal
+    import time
+
+    signum = getattr(signal, name)
+    before = signal.getsignal(signum)
+    cleaned = []
+
+    def body():
+        try:
+            os.kill(os.getpid(), signum)  # a real signal, delivered to this process
+            time.sleep(10)  # the handler raises here, long before the sleep ends
+        finally:
+            cleaned.append(True)
+        return 0
+
+    started = time.monotonic()
+    assert interrupt.interruptible(body, "stopped") == 130
+    assert time.monotonic() - started < 5 and cleaned == [True]
+    assert capsys.readouterr().err == "stopped\n"
+    assert signal.getsignal(signum) is before
+    interrupt.check_interrupted()  # handled: it does not stop what the process runs next
+
+
 def test_ratios_and_overheads_pair_the_rounds():
     """Per-round differences and ratios, then the median: drift between rounds cancels."""
     times = {"adam": [3.0, 10.0, 5.0], "sgd": [1.0, 2.0, 4.0]}

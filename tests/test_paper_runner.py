@@ -474,11 +474,18 @@ def test_fig4_few_epochs_only_then_resumed_equals_the_whole_run(tmp_path, capsys
 def test_reproduce_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     assert run_cli("fig1", "--tiny", "--out", str(a)) == 0
-    real, calls = train.train_runs_with_steps, []
+    real, calls, checkpoint = train.train_runs_with_steps, [], []
 
     def interrupt_on_third_call(*args, **kw):
         calls.append(1)
         if len(calls) == 3:
+            # before it stops, run.json already holds the time of the two finished groups (a
+            # sitting killed outright, beyond any handler, keeps that much)
+            so_far = json.loads((b / "run.json").read_text())
+            assert so_far["status"] == "running" and so_far["sittings"][-1]["status"] == "running"
+            assert so_far["figure_seconds"]["fig1"] > 0 and so_far["wall_seconds"] > 0
+            assert so_far["figure_cpu_seconds"]["fig1"] > 0
+            checkpoint.append(so_far["figure_seconds"]["fig1"])
             raise KeyboardInterrupt
         return real(*args, **kw)
 
@@ -493,6 +500,7 @@ def test_reproduce_resumed_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, mo
     stopped = json.loads((b / "run.json").read_text())
     assert stopped["status"] == "interrupted"
     assert stopped["figure_seconds"]["fig1"] > 0 and stopped["figure_cpu_seconds"]["fig1"] > 0
+    assert stopped["figure_seconds"]["fig1"] >= checkpoint[0] and not list(b.glob("*.partial"))
     monkeypatch.setattr(train, "train_runs_with_steps", real)
     assert run_cli("fig1", "--tiny", "--out", str(b), "--resume") == 0
     assert (a / "results.csv").read_bytes() == (b / "results.csv").read_bytes()

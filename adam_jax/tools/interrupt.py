@@ -1,4 +1,5 @@
 """Ctrl-C for the commands: one line and exit code 130, never a traceback or a lost result.
+``kill`` (SIGTERM) and a closed terminal (SIGHUP) stop a command the same way.
 
 Shared by ``adam-jax`` and ``python -m adam_jax.paper``; long loops call :func:`check_interrupted`.
 """
@@ -41,22 +42,33 @@ def check_interrupted() -> None:
         raise KeyboardInterrupt
 
 
+# Stopped as Ctrl-C stops a command: Ctrl-C, ``kill`` (SIGTERM, also what a job scheduler or a
+# container sends before it kills), and a closed terminal (SIGHUP). Each leaves the finished work
+# and its record behind instead of ending the process where it stands.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
 @contextlib.contextmanager
 def ctrl_c_recorded() -> Iterator[None]:
-    """Within it, Ctrl-C goes through :func:`_on_ctrl_c` (and :func:`check_interrupted` sees it).
-    The record lives as long as the block: a Ctrl-C handled inside it does not stop whatever the
-    same process runs after it (a second command, or a test)."""
+    """Within it, Ctrl-C and the other :data:`STOP_SIGNALS` go through :func:`_on_ctrl_c` (and
+    :func:`check_interrupted` sees them). The record lives as long as the block: a Ctrl-C handled
+    inside it does not stop whatever the same process runs after it (a second command, or a
+    test)."""
     _interrupted.clear()
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGINT, _on_ctrl_c)
-    except ValueError:  # not the main thread: keep Python's handler
-        previous = None
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, _on_ctrl_c)
+    except ValueError:  # not the main thread: keep Python's handlers
+        pass
     try:
         yield
     finally:
         _interrupted.clear()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():  # None: set outside Python, so the default
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def interruptible(body: Callable[[], int], message: str) -> int:

@@ -399,11 +399,15 @@ def _reproduce(args: argparse.Namespace) -> int:
             if all("wall_seconds" in s for s in sittings) else None
         )  # fmt: skip
         info.update(status=status, **totals, wall_seconds=wall, sittings=rounded)
-        run_json.write_text(json.dumps(info, indent=2) + "\n")
+        partial = run_json.with_name(run_json.name + ".partial")  # a kill never leaves half a file
+        partial.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(partial, run_json)
 
     if jobs > 1:
         info["jobs"] = jobs
     results = None if jobs > 1 else runner.Results(csv_path, resume=args.resume, figures=wanted)
+    if results is not None:  # the sitting's times so far, with every finished group: a sitting
+        results.on_add = lambda: save_json("running")  # killed outright still counts until then
     save_json("running")
     seconds, cpu = sitting["figure_seconds"], sitting["figure_cpu_seconds"]
     total = runner.work_units(wanted, budget, len(seeds))

@@ -347,6 +347,7 @@ class Results:
 
     def __init__(self, path: Path, resume: bool, figures: Iterable[str] | None = None) -> None:
         self.path = path
+        self.on_add: Callable[[], None] | None = None  # called after each group is written
         self.kept: dict[RunKey, list[dict]] = {}
         self.others: list[dict] = []
         seen: dict[RunKey, set[tuple[str, str]]] = {}
@@ -384,6 +385,8 @@ class Results:
             f.write(buf.getvalue())
             f.flush()
         self.finished_runs += len({run_key(r) for r in rows})
+        if self.on_add is not None:
+            self.on_add()
 
 
 def run_speed(rows: list[dict]) -> float:
@@ -660,18 +663,35 @@ def run(
     """Run the experiments of ``figures`` over ``seeds``; returns all result rows, in the same
     order whether or not some came from ``results`` (a resumed run). The training time of each
     figure is added to ``seconds`` (wall clock) and ``cpu_seconds`` (this process's CPU time,
-    which a machine shared with other work does not inflate), also when Ctrl-C stops it. Input
+    which a machine shared with other work does not inflate), also when Ctrl-C stops it; they are
+    current whenever ``results.on_add`` is called. Input
     dropout masks are kept in a temporary directory while it runs (the full run's Fig. 1 right:
     1.4 GB per seed)."""
     figures = list(figures)
     seconds = {} if seconds is None else seconds
     cpu_seconds = {} if cpu_seconds is None else cpu_seconds
     rows: list[dict] = []
+    after_add = results.on_add
     with tempfile.TemporaryDirectory(prefix="adam-jax-dropout-masks-") as masks_dir:
         for figure in FIGURES:
             if figure not in figures:
                 continue
-            start, cpu_start = time.perf_counter(), time.process_time()
+            mark = [time.perf_counter(), time.process_time()]
+
+            def charge(figure: str = figure, mark: list[float] = mark) -> None:
+                """Add the time since the last charge to ``figure``'s, so that the times are
+                current whenever a group is written (``results.on_add`` may record them)."""
+                now, cpu_now = time.perf_counter(), time.process_time()
+                seconds[figure] = seconds.get(figure, 0.0) + now - mark[0]
+                cpu_seconds[figure] = cpu_seconds.get(figure, 0.0) + cpu_now - mark[1]
+                mark[:] = [now, cpu_now]
+
+            def charged(charge=charge) -> None:
+                charge()
+                if after_add is not None:
+                    after_add()
+
+            results.on_add = charged
             try:
                 for panel in panels(budget):
                     if panel.figure == figure:
@@ -682,6 +702,6 @@ def run(
                 if figure == "fig4":
                     rows += run_vae_grid(datasets["mnist"], budget, seeds, results, progress)
             finally:  # an interrupted sitting's time counts too: run.json sums the sittings
-                seconds[figure] = seconds.get(figure, 0.0) + time.perf_counter() - start
-                cpu_seconds[figure] = cpu_seconds.get(figure, 0.0) + time.process_time() - cpu_start
+                charge()
+                results.on_add = after_add
     return rows
