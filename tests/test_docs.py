@@ -218,13 +218,60 @@ def test_generated_tables_show_their_sources(site):
         assert f"measured {record['date'][:10]}" in performance
         assert f"jax {record['versions']['jax']}" in performance
     paper = (site / "guides" / "paper.html").read_text()
+    unrecorded = 0  # sittings killed outright before they wrote any time: the table says so
     for folder in ["quick", *(p.name for p in sorted((REPO / "results").glob("full_*")))]:
         info = json.loads((REPO / "results" / folder / "run.json").read_text())
         assert f"results/{folder}" in paper and f"jax {info['jax']}" in paper
+        unrecorded += sum(
+            s["status"] == "running" and not s.get("figure_seconds") for s in info["sittings"][:-1]
+        )
+    assert paper.count("killed before it recorded any time, not counted") == unrecorded
     assert "--tiny" in paper and "--no-progress" in paper  # the synopsis is the parser's
     monitor = (site / "guides" / "monitor.html").read_text()
     for run in sorted((REPO / "results" / "monitor").glob("cpu-run*.txt")):
         assert f"results/monitor/{run.name}" in monitor
+
+
+def test_where_each_claim_stands_takes_full_runs_first_and_labels_the_rest():
+    """The summary table of verdicts: every claim of a committed full run at paper-equivalent
+    iterations (a ``results/full_*`` folder with its CSV) with that run's verdict; a figure
+    without one from the quick runs, labelled quick, with a reason whose figures are the cost
+    file's; no quick row of a figure that has a full run."""
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        import results_tables
+    finally:
+        sys.path.remove(str(DOCS / "_ext"))
+    table = results_tables.claims_current()
+    listed = {}
+    for line in table.splitlines()[2:]:
+        figure, _claim, seeds, verdict, source = line[2:-2].split(" | ")
+        listed[figure] = (seeds, verdict, source)
+
+    def rows(folder: Path) -> dict[str, tuple[str, str]]:  # claim name -> (seeds, verdict)
+        found = re.findall(r"^\| (Fig[^|]*?) \|.*\| ([^|]*) \| ([^|]*) \|$",
+                           (folder / "summary.md").read_text(), re.M)  # fmt: skip
+        return {name: (seeds, verdict) for name, seeds, verdict in found}
+
+    full = [f for f in sorted((REPO / "results").glob("full_*")) if (f / "results.csv").exists()]
+    with_full = set()
+    for folder in full:
+        for name, (seeds, verdict) in rows(folder).items():
+            assert listed.pop(name) == (seeds, verdict, f"`results/{folder.name}`")
+            with_full.add(re.match(r"Fig\. \w+", name).group(0))
+    assert {"Fig. 1", "Fig. 4"} <= with_full
+    costs = (REPO / "results" / "FULL_RUN_COST.md").read_text()
+    for run in ("quick", "fig2b"):
+        for name, (seeds, verdict) in rows(REPO / "results" / run).items():
+            if re.match(r"Fig\. \w+", name).group(0) in with_full:
+                assert name not in listed
+                continue
+            got_seeds, got_verdict, source = listed.pop(name)
+            assert (got_seeds, got_verdict) == (seeds, verdict) and verdict.endswith("(quick)")
+            assert source.startswith(f"`results/{run}`: ") and len(source) > 40  # a reason
+            for figure in re.findall(r"about ([\d,]+ CPU-hours)|\((\d+ PFLOP)", source):
+                assert "".join(figure) in costs.replace("\n", " ")
+    assert not listed  # nothing else in the table
 
 
 # --- the browser ------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ drift from its record: re-running the measurement and rebuilding the docs is the
 
 Kinds of table:
 
+- ``claims-current``: where each claim stands: the verdicts of the full runs at paper-equivalent
+  iterations, and for a figure without one the quick run's, labelled, with the reason.
 - ``claims-quick``: the claims table of the committed quick run (``results/quick``).
 - ``claims FOLDER``: the claims table of the run in FOLDER (``results/fig2b``), or of a Markdown
   file of claims named directly (a part of an unfinished run).
@@ -103,6 +105,77 @@ def claims_superseded() -> str:
     return "\n".join(rows) + "\n\nSources:\n\n" + "\n".join(sources)
 
 
+def _killed_sittings(sittings: list[dict]) -> str:
+    """What the totals leave out: an earlier sitting still marked ``running`` was killed
+    outright (no handler ran). Its times count up to its last finished group of runs, or not at
+    all where the version that ran it recorded them only at the end."""
+    killed = [s for s in sittings[:-1] if s.get("status") == "running"]
+    unrecorded = sum(not s.get("figure_seconds") for s in killed)
+    parts = []
+    if len(killed) > unrecorded:
+        parts.append(f"{len(killed) - unrecorded} killed, counted up to its last finished runs")
+    if unrecorded:
+        parts.append(f"{unrecorded} killed before it recorded any time, not counted")
+    return "".join(f"; {p}" for p in parts)
+
+
+# Why a figure's claims stand on the quick run only (no full run at paper-equivalent
+# iterations committed), shown beside them in ``claims-current``. A figure of the quick run
+# without a full run and without a reason here stops the docs build.
+QUICK_ONLY_REASONS = {
+    "Fig. 2": "its full run is about 56 CPU-hours on this CPU (6 PFLOP, "
+    "`results/FULL_RUN_COST.md`), more than a CPU run here may take (3 hours): it waits for a device",
+    "Fig. 2b": "quick by design: 280 iterations on the 14 minibatches of the digits, with SFO "
+    "written from its paper (`results/RULES.md`, part 5)",
+    "Fig. 3": "its full run is about 3,300 CPU-hours on this CPU (97 PFLOP, "
+    "`results/FULL_RUN_COST.md`): it waits for a device",
+}
+QUICK_RUNS = ("results/quick", "results/fig2b")
+
+
+def _figure_of(claim_cell: str) -> str:
+    """The figure a claim row names: ``Fig. 4`` of ``Fig. 4 / Sec. 6.4 (every grid point)``,
+    ``Fig. 2b`` of ``Fig. 2b (per second)``."""
+    return re.match(r"Fig\. \w+", claim_cell).group(0)
+
+
+def _claim_rows(folder: Path) -> list[list[str]]:
+    """The cells of each claim row of ``folder``'s summary.md: figure, claim, rule, measured,
+    seeds, verdict."""
+    from adam_jax.tools.paper import claims
+
+    table = claims.claims_table((folder / "summary.md").read_text())
+    return [line[2:-2].split(" | ") for line in table.splitlines() if line.startswith("| Fig")]
+
+
+def claims_current() -> str:
+    """Where each claim of the paper stands: the verdict of its figure's full run at
+    paper-equivalent iterations (a ``results/full_*`` folder with its ``results.csv``, rules
+    v3) where there is one, else the quick run's, labelled quick, with the reason."""
+    full = [f for f in sorted(REPO.glob("results/full_*")) if (f / "results.csv").exists()]
+    rows = []
+    for folder in full:
+        for figure, claim, _rule, _measured, seeds, verdict in _claim_rows(folder):
+            rows.append((figure, claim, seeds, verdict, f"`{folder.relative_to(REPO).as_posix()}`"))
+    decided = {_figure_of(r[0]) for r in rows}
+    for name in QUICK_RUNS:
+        for figure, claim, _rule, _measured, seeds, verdict in _claim_rows(REPO / name):
+            fig = _figure_of(figure)
+            if fig in decided:
+                continue
+            if fig not in QUICK_ONLY_REASONS:
+                raise ValueError(f"{fig} has no full run and no reason in QUICK_ONLY_REASONS")
+            rows.append((figure, claim, seeds, verdict, f"`{name}`: {QUICK_ONLY_REASONS[fig]}"))
+    order = {"Fig. 1": 0, "Fig. 2": 1, "Fig. 2b": 2, "Fig. 3": 3, "Fig. 4": 4}
+    rows.sort(key=lambda r: order.get(_figure_of(r[0]), len(order)))  # stable within a figure
+    lines = [
+        "| figure | claim of the paper | seeds | verdict | decided by |",
+        "|---|---|---|---|---|",
+        *(f"| {' | '.join(r)} |" for r in rows),
+    ]
+    return "\n".join(lines)
+
+
 def paper_timing() -> str:
     rows = [
         "| run | figures | seeds | training wall clock per figure (s) | CPU s per figure "
@@ -116,8 +189,9 @@ def paper_timing() -> str:
         dates = sorted({_date(s["start"]) for s in info.get("sittings", []) if s.get("start")})
         total = info.get("wall_seconds")
         total_text = f"{total / 60:.1f} min" if total else "not recorded"
-        if len(info.get("sittings", [])) > 1:
-            total_text += f" ({len(info['sittings'])} sittings)"
+        sittings = info.get("sittings", [])
+        if len(sittings) > 1:
+            total_text += f" ({len(sittings)} sittings{_killed_sittings(sittings)})"
         rows.append(
             f"| `{folder.relative_to(REPO).as_posix()}` | {', '.join(info['figures'])} "
             f"| {len(info['seeds'])} | {', '.join(f'{k} {v:.0f}' for k, v in wall.items())} "
@@ -256,6 +330,7 @@ def usage(command: str) -> str:
 
 
 GENERATORS = {
+    "claims-current": claims_current,
     "claims-quick": claims_quick,
     "claims": claims_of,
     "claims-superseded": claims_superseded,
