@@ -450,7 +450,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     }
     for fig in wanted:
         written.append(draw[fig]().name)
-    claims = claims_lib.check(rows, few, many)
+    fig4_steps = runner.PAPER_STEPS["mnist"] if budget.paper_steps else None  # else: data's
+    claims = claims_lib.check(rows, few, many, fig4_steps)
     summary = claims_lib.summary_markdown(
         claims, _header(args, budget, seeds, rows, info), _selection_notes(rows), budget.name
     )
