@@ -321,6 +321,17 @@ def test_kill_stops_a_command_as_ctrl_c_does(name, capsys):
     assert capsys.readouterr().err == "stopped\n"
     assert signal.getsignal(signum) is before
     interrupt.check_interrupted()  # handled: it does not stop what the process runs next
+    # a signal ignored on purpose (``nohup`` ignores SIGHUP) stays ignored
+    signal.signal(signum, signal.SIG_IGN)
+    try:
+        seen = []
+        code = interrupt.interruptible(
+            lambda: seen.append(signal.getsignal(signum)) or os.kill(os.getpid(), signum) or 0,
+            "stopped",
+        )
+        assert (code, seen) == (0, [signal.SIG_IGN])
+    finally:
+        signal.signal(signum, before)
 
 
 def test_ratios_and_overheads_pair_the_rounds():

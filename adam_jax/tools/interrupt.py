@@ -60,6 +60,8 @@ def ctrl_c_recorded() -> Iterator[None]:
     previous = {}
     try:
         for signum in STOP_SIGNALS:
+            if signum != signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+                continue  # ignored on purpose (``nohup`` ignores SIGHUP): it stays ignored
             previous[signum] = signal.signal(signum, _on_ctrl_c)
     except ValueError:  # not the main thread: keep Python's handlers
         pass
