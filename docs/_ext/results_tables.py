@@ -85,22 +85,39 @@ def claims_quick() -> str:
     return claims_of("results/quick")
 
 
-def claims_superseded() -> str:
+def _figure_of(claim_cell: str) -> str:
+    """The figure a claim row names: ``Fig. 4`` of ``Fig. 4 / Sec. 6.4 (every grid point)``,
+    ``Fig. 2b`` of ``Fig. 2b (per second)``."""
+    return re.match(r"Fig\. \w+", claim_cell).group(0)
+
+
+def _full_runs(v3: bool) -> list[Path]:
+    """The committed ``results/full_*`` runs of rules v3 (each commits its ``results.csv``), or
+    those of the earlier rules."""
+    folders = sorted(REPO.glob("results/full_*"))
+    return [f for f in folders if (f / "results.csv").exists() == v3]
+
+
+def _claim_rows(folder: Path) -> list[list[str]]:
+    """The cells of each claim row of ``folder``'s summary.md: figure, claim, rule, measured,
+    seeds, verdict."""
     from adam_jax.tools.paper import claims
+
+    table = claims.claims_table((folder / "summary.md").read_text())
+    return [line[2:-2].split(" | ") for line in table.splitlines() if line.startswith("| Fig")]
+
+
+def claims_superseded() -> str:
 
     rows = [
         "| figure | claim of the paper | measured (mean ± sd over seeds) | seeds | verdict | run |",
         "|---|---|---|---|---|---|",
     ]
     sources = []
-    for folder in sorted(REPO.glob("results/full_*")):
-        if (folder / "results.csv").exists():
-            continue  # a rules-v3 run, shown on its own
-        for line in claims.claims_table((folder / "summary.md").read_text()).splitlines():
-            if line.startswith("| Fig"):
-                figure, claim, _rule, measured, seeds, verdict = line[2:-2].split(" | ")
-                run = f"`{folder.relative_to(REPO).as_posix()}`"
-                rows.append(f"| {figure} | {claim} | {measured} | {seeds} | {verdict} | {run} |")
+    for folder in _full_runs(v3=False):
+        for figure, claim, _rule, measured, seeds, verdict in _claim_rows(folder):
+            run = f"`{folder.relative_to(REPO).as_posix()}`"
+            rows.append(f"| {figure} | {claim} | {measured} | {seeds} | {verdict} | {run} |")
         sources.append(f"- {_run_provenance(folder)}")
     return "\n".join(rows) + "\n\nSources:\n\n" + "\n".join(sources)
 
@@ -133,28 +150,12 @@ QUICK_ONLY_REASONS = {
 QUICK_RUNS = ("results/quick", "results/fig2b")
 
 
-def _figure_of(claim_cell: str) -> str:
-    """The figure a claim row names: ``Fig. 4`` of ``Fig. 4 / Sec. 6.4 (every grid point)``,
-    ``Fig. 2b`` of ``Fig. 2b (per second)``."""
-    return re.match(r"Fig\. \w+", claim_cell).group(0)
-
-
-def _claim_rows(folder: Path) -> list[list[str]]:
-    """The cells of each claim row of ``folder``'s summary.md: figure, claim, rule, measured,
-    seeds, verdict."""
-    from adam_jax.tools.paper import claims
-
-    table = claims.claims_table((folder / "summary.md").read_text())
-    return [line[2:-2].split(" | ") for line in table.splitlines() if line.startswith("| Fig")]
-
-
 def claims_current() -> str:
     """Where each claim of the paper stands: the verdict of its figure's full run at
     paper-equivalent iterations (a ``results/full_*`` folder with its ``results.csv``, rules
     v3) where there is one, else the quick run's, labelled quick, with the reason."""
-    full = [f for f in sorted(REPO.glob("results/full_*")) if (f / "results.csv").exists()]
     rows = []
-    for folder in full:
+    for folder in _full_runs(v3=True):
         for figure, claim, _rule, _measured, seeds, verdict in _claim_rows(folder):
             rows.append((figure, claim, seeds, verdict, f"`{folder.relative_to(REPO).as_posix()}`"))
     decided = {_figure_of(r[0]) for r in rows}

@@ -678,20 +678,17 @@ def run(
                 continue
             mark = [time.perf_counter(), time.process_time()]
 
-            def charge(figure: str = figure, mark: list[float] = mark) -> None:
-                """Add the time since the last charge to ``figure``'s, so that the times are
-                current whenever a group is written (``results.on_add`` may record them)."""
+            def charge(record: bool = True, figure: str = figure, mark: list = mark) -> None:
+                """Add the time since the last charge to ``figure``'s. As ``results.on_add``
+                (each group written) it then calls the caller's hook, which may record them."""
                 now, cpu_now = time.perf_counter(), time.process_time()
                 seconds[figure] = seconds.get(figure, 0.0) + now - mark[0]
                 cpu_seconds[figure] = cpu_seconds.get(figure, 0.0) + cpu_now - mark[1]
                 mark[:] = [now, cpu_now]
-
-            def charged(charge=charge) -> None:
-                charge()
-                if after_add is not None:
+                if record and after_add is not None:
                     after_add()
 
-            results.on_add = charged
+            results.on_add = charge
             try:
                 for panel in panels(budget):
                     if panel.figure == figure:
@@ -702,6 +699,6 @@ def run(
                 if figure == "fig4":
                     rows += run_vae_grid(datasets["mnist"], budget, seeds, results, progress)
             finally:  # an interrupted sitting's time counts too: run.json sums the sittings
-                charge()
+                charge(record=False)
                 results.on_add = after_add
     return rows
